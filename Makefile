@@ -1,0 +1,27 @@
+# One command sets up a fresh machine and runs the tests: `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned to the CPU wheel this machine kind carries; the project's range
+# (torch>=2.4,<2.15) is then already satisfied, so pip fetches no CUDA build.
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Samples, conversation templates, tokenizers, the processor, datasets and formats."""

@@ -1,0 +1,1 @@
+"""Readers and writers for the dataset formats users already have."""

@@ -1,0 +1,1 @@
+"""Generation loop, predictor and typed results."""

@@ -1,0 +1,199 @@
+"""Batched generation with a KV cache that appends super-link queries after routing tokens,
+then runs every decoder once on all captured links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import DynamicCache
+
+from visionllm2.data.processor import Batch
+from visionllm2.inference.results import Result
+
+if TYPE_CHECKING:
+    from visionllm2.modeling.model import VisionLLM2
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    use_cache: bool = True
+    seed: int | None = None  # for sampling
+    run_decoders: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class CapturedLink:
+    family: int  # index into the model's families
+    name: str
+    states: torch.Tensor  # (K, D) last-layer hidden states at the link's queries
+    generated: bool  # False for links already in the prompt
+
+
+@dataclass
+class _SampleState:
+    tokens: list[int] = field(default_factory=list)
+    links: list[CapturedLink] = field(default_factory=list)
+    done: bool = False
+
+
+def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,)."""
+    if not cfg.do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k > 0:
+        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass before it already reaches top_p (the first always stays).
+        drop = probs.cumsum(-1) - probs >= cfg.top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: VisionLLM2, batch: Batch, generation: GenerationConfig | None = None, **overrides: Any
+) -> list[Result]:
+    """Generate an answer for every sample of a (left-padded) batch built with
+    ``processor(samples, add_generation_prompt=True)``.
+
+    When a sample emits a routing token, that token and the family's K queries go through the
+    LLM in the same step (samples emitting plain tokens get masked padding in front of theirs),
+    the states at the queries are captured, and generation continues from the last query, as
+    in training. Without a cache the whole sequence is recomputed each step (same tokens and
+    states; used to test the cache).
+    """
+    cfg = generation or GenerationConfig()
+    if overrides:
+        cfg = GenerationConfig(**{**cfg.__dict__, **overrides})
+    proc = model.processor
+    device = batch.input_ids.device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    B = batch.input_ids.shape[0]
+    eos = {proc.tokenizer.eos_token_id}
+    end_token = proc.template.assistant_suffix.strip()
+    end_id = proc.tokenizer.convert_tokens_to_ids(end_token) if end_token else None
+    if end_id is not None and end_id != proc.tokenizer.unk_token_id:
+        eos.add(end_id)
+    stops = tuple(cfg.stop_strings)
+
+    embeds = model.embed(batch)  # (B, T, D)
+    mask = batch.attention_mask
+    cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
+    hidden = model.run_llm(embeds, mask, cache=cache)  # (B, T, D)
+    states = [_SampleState() for _ in range(B)]
+    prompt_states = model.link_states(hidden, batch) if batch.link_family.numel() else None
+    for i, (b, f) in enumerate(zip(batch.link_sample.tolist(), batch.link_family.tolist())):
+        k = model.super_link.num_queries[f]
+        states[b].links.append(CapturedLink(f, batch.link_names[i], prompt_states[i, :k], generated=False))
+    last = hidden[:, -1]  # (B, D)
+    embed_tokens = model.llm.get_input_embeddings()
+
+    for step in range(cfg.max_new_tokens):
+        tokens = _pick(model.logits(last), cfg, generator)  # (B,)
+        chunks: list[tuple[torch.Tensor, int]] = []  # per sample: (new embeds (n, D), family or -1)
+        for b, st in enumerate(states):
+            tok = int(tokens[b])
+            if st.done:
+                chunks.append((embeds.new_zeros(0, embeds.shape[-1]), -1))
+                continue
+            st.tokens.append(tok)
+            e = embed_tokens(tokens[b : b + 1]).to(embeds.dtype)  # (1, D)
+            fam = proc.routing_ids.get(tok, -1)
+            if fam >= 0:
+                e = torch.cat([e, model.super_link.queries[model.super_link.family_names[fam]].to(e.dtype)])
+            chunks.append((e, fam))
+            stopped = bool(stops) and any(proc.decode(st.tokens).endswith(s) for s in stops)
+            st.done = tok in eos or stopped or step == cfg.max_new_tokens - 1
+        if all(st.done for st in states) and all(fam < 0 for _, fam in chunks):
+            break  # nothing left whose states we still need
+        # Right-align every sample's new positions; the gap in front is masked padding.
+        width = max(len(e) for e, _ in chunks)
+        new = embeds.new_zeros(B, width, embeds.shape[-1])
+        new_mask = mask.new_zeros(B, width)
+        for b, (e, _) in enumerate(chunks):
+            if len(e):
+                new[b, width - len(e) :] = e
+                new_mask[b, width - len(e) :] = 1
+        mask = torch.cat([mask, new_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if cache is not None:
+            h = model.run_llm(new, mask, positions[:, -width:], cache=cache)  # (B, width, D)
+        else:
+            embeds = torch.cat([embeds, new], dim=1)
+            h = model.run_llm(embeds, mask, positions)[:, -width:]
+        for b, (_, fam) in enumerate(chunks):
+            if fam >= 0:
+                k = model.super_link.num_queries[fam]
+                name = proc.name_before(proc.decode(states[b].tokens[:-1]))
+                states[b].links.append(CapturedLink(fam, name, h[b, width - k :], generated=True))
+        last = h[:, -1]
+        if all(st.done for st in states):
+            break
+
+    results = []
+    for st in states:
+        text = proc.decode(st.tokens)
+        for s in stops:
+            if text.endswith(s):
+                text = text[: -len(s)]
+                break
+        links = [{"family": model.super_link.family_names[c.family], "name": c.name} for c in st.links]
+        results.append(Result(text=text, links=links))
+    if cfg.run_decoders:
+        _run_decoders(model, batch, states, results)
+    return results
+
+
+def _run_decoders(model: VisionLLM2, batch: Batch, states: list[_SampleState], results: list[Result]) -> None:
+    """Each decoder runs once on every captured link routed to it; items go to their sample."""
+    captured = [(b, c) for b, st in enumerate(states) for c in st.links]
+    if not captured:
+        return
+    kmax = max(c.states.shape[0] for _, c in captured)
+    padded = captured[0][1].states.new_zeros(len(captured), kmax, captured[0][1].states.shape[-1])
+    for i, (_, c) in enumerate(captured):
+        padded[i, : c.states.shape[0]] = c.states
+    device = padded.device
+    sample = torch.tensor([b for b, _ in captured], device=device)
+    family = torch.tensor([c.family for _, c in captured], device=device)
+    names = [c.name for _, c in captured]
+    groups = model.decoder_links(padded, sample, family, names, batch.image_sizes)
+    for dec, (links, _idx, samples) in groups.items():
+        pixels = batch.decoder_pixels.get(dec)
+        decoder = model.decoders[dec]
+        outputs = decoder(links, None if pixels is None else pixels[samples])
+        for s, b in enumerate(samples.tolist()):
+            mine = links.of_sample(s)
+            size = None
+            if batch.image_sizes is not None and int(batch.image_sizes[b, 0]) > 0:
+                size = (int(batch.image_sizes[b, 0]), int(batch.image_sizes[b, 1]))
+            results[b].items.extend(
+                decoder.postprocess(
+                    outputs[s],
+                    names=[links.names[i] for i in mine],
+                    families=[links.families[i] for i in mine],
+                    image_size=size,
+                )
+            )

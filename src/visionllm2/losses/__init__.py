@@ -1,0 +1,1 @@
+"""Matching and losses, kept apart from the modules they score."""

@@ -1,0 +1,1 @@
+"""Model parts: vision encoder, projector, LLM, super links, region encoder, the model and its builder."""

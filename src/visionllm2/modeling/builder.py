@@ -1,0 +1,160 @@
+"""Wires a :class:`VisionLLM2` from a config; saves and loads model folders."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from visionllm2.config import ModelConfig, VisionConfig
+from visionllm2.data.conversation import get_template
+from visionllm2.data.processor import PixelSpec, VisionLLM2Processor
+from visionllm2.data.tokenizer import add_visionllm2_tokens, load_tokenizer
+from visionllm2.decoders import decoder_class
+from visionllm2.modeling.llm import build_llm
+from visionllm2.modeling.model import VisionLLM2
+from visionllm2.modeling.projector import Projector
+from visionllm2.modeling.region import RegionEncoder
+from visionllm2.modeling.superlink import SuperLink
+from visionllm2.modeling.vision import VisionEncoder
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+_VISION = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel)}
+
+
+def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncoder:
+    config_cls, model_cls = _VISION[cfg.type]
+    if cfg.path is not None and load_weights:
+        if not Path(cfg.path).is_dir():
+            raise FileNotFoundError(f"vision.path {cfg.path!r} is not a local folder with a {cfg.type} model")
+        model = model_cls.from_pretrained(cfg.path, dtype=torch.float32)
+    elif cfg.hf_config is not None:
+        model = model_cls(config_cls(**cfg.hf_config))
+    elif cfg.path is not None:
+        model = model_cls(config_cls.from_pretrained(cfg.path))
+    else:
+        model = model_cls(
+            config_cls(
+                hidden_size=cfg.hidden_size,
+                intermediate_size=cfg.intermediate_size,
+                num_hidden_layers=cfg.num_layers,
+                num_attention_heads=cfg.num_heads,
+                image_size=cfg.image_size,
+                patch_size=cfg.patch_size,
+            )
+        )
+    # The loaded tower decides the geometry; keep the config true to it.
+    cfg.image_size, cfg.patch_size = model.config.image_size, model.config.patch_size
+    cfg.hidden_size = model.config.hidden_size
+    cfg.hf_config = model.config.to_diff_dict()
+    return VisionEncoder(
+        model=model, feature_layer=cfg.feature_layer, drop_cls=cfg.drop_cls, freeze=cfg.freeze
+    )
+
+
+def build_model(
+    config: ModelConfig, *, tokenizer: PreTrainedTokenizerBase | None = None, load_weights: bool = True
+) -> VisionLLM2:
+    """Build every part from ``config`` and inject them into :class:`VisionLLM2`.
+
+    ``load_weights=False`` builds real-scale parts from their saved architecture only (used
+    by :func:`from_pretrained`, which then loads the whole state dict).
+    """
+    config.validate()
+    new_ids: list[int] = []
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.llm.tokenizer)
+        new = add_visionllm2_tokens(tokenizer, [f.token for f in config.families.values()])
+        new_ids = tokenizer.convert_tokens_to_ids(new)
+    vision = build_vision(config.vision, load_weights=load_weights)
+    llm = build_llm(config.llm, vocab_size=len(tokenizer), new_token_ids=new_ids, load_weights=load_weights)
+    hidden = llm.config.hidden_size
+    config.llm.hidden_size = hidden
+    projector = Projector(in_dim=vision.hidden_size, out_dim=hidden)
+    decoders = {}
+    for name, dc in config.decoders.items():
+        decoders[name] = decoder_class(dc.type)(link_dim=dc.link_dim, **dc.kwargs)
+    super_link = SuperLink(
+        families=config.families,
+        hidden_size=hidden,
+        link_dims={name: dc.link_dim for name, dc in config.decoders.items()},
+        init_std=float(llm.get_input_embeddings().weight.detach().std()),
+    )
+    region = None
+    if config.region.enabled:
+        region = RegionEncoder(
+            vision_dim=vision.hidden_size,
+            out_dim=hidden,
+            grid=vision.grid,
+            stem_channels=config.region.stem_channels,
+        )
+    processor = VisionLLM2Processor(
+        tokenizer=tokenizer,
+        template=get_template(config.llm.template),
+        image=PixelSpec(config.vision.image_size, config.vision.pixel_mean, config.vision.pixel_std),
+        num_image_tokens=vision.num_patches
+        + (0 if config.vision.drop_cls or config.vision.type == "siglip" else 1),
+        families=config.families,
+        decoder_pixels={
+            name: PixelSpec(d.pixel_size, tuple(d.pixel_mean), tuple(d.pixel_std))
+            for name, d in decoders.items()
+            if d.pixel_size is not None
+        },
+        max_length=llm.config.max_position_embeddings,
+    )
+    model = VisionLLM2(
+        config=config,
+        vision=vision,
+        projector=projector,
+        llm=llm,
+        super_link=super_link,
+        decoders=decoders,
+        region_encoder=region,
+        processor=processor,
+    )
+    return model.to(getattr(torch, config.dtype))
+
+
+def save_pretrained(model: VisionLLM2, path: str | os.PathLike) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``path``.
+    The weights file is written under a temporary name and renamed, so a crash never leaves
+    a truncated ``model.safetensors``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.processor.tokenizer.save_pretrained(path)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_model(model, tmp, metadata={"format": "pt", "library": "visionllm2"})
+        os.replace(tmp, path / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    model.config.save(path / CONFIG_NAME)  # last: a folder with config.json is complete
+
+
+def from_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> VisionLLM2:
+    """Load a folder written by :func:`save_pretrained`."""
+    path = Path(path)
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a visionllm2 model folder: missing {', '.join(missing)} "
+            "(save one with model.save_pretrained(dir))"
+        )
+    config = ModelConfig.load(path / CONFIG_NAME)
+    tokenizer = load_tokenizer(str(path))
+    model = build_model(config, tokenizer=tokenizer, load_weights=False)
+    load_model(model, path / WEIGHTS_NAME, strict=True, device=str(device))
+    return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Pure tensor functions on boxes, masks and keypoints."""

@@ -1,0 +1,1 @@
+"""Training stages, engine, distributed set-up and checkpoints."""
