@@ -13,7 +13,7 @@ from conftest import make_tiny
 from visionllm2.config import ConfigError, ModelConfig, tiny_config
 from visionllm2.data.processor import IGNORE_INDEX, link_name
 from visionllm2.data.sample import LinkTarget, RegionPrompt, Sample, Turn
-from visionllm2.modeling.model import VisionLLM2
+from visionllm2.modeling.model import VisionLLM2Model
 
 
 def box_target(x0, y0, x1, y1):
@@ -224,7 +224,7 @@ def test_save_load_round_trip(tmp_path, photos):
         p.name for p in (tmp_path / "m").iterdir()
     }
     assert not list((tmp_path / "m").glob("*.tmp"))
-    loaded = VisionLLM2.from_pretrained(tmp_path / "m")
+    loaded = VisionLLM2Model.from_pretrained(tmp_path / "m")
     with torch.no_grad():
         a, b = model(model.processor(samples)), loaded(loaded.processor(samples))
     torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=0)
@@ -236,7 +236,7 @@ def test_save_load_round_trip(tmp_path, photos):
 
 def test_from_pretrained_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a visionllm2 model folder"):
-        VisionLLM2.from_pretrained(tmp_path)
+        VisionLLM2Model.from_pretrained(tmp_path)
 
 
 # -- generation ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from visionllm2.data.sample import LinkTarget, RegionPrompt, Sample, Turn
 from visionllm2.inference.generate import GenerationConfig
 from visionllm2.inference.results import Detection, GeneratedImage, Result, SemanticMap
 from visionllm2.modeling.builder import build_model
-from visionllm2.modeling.model import VisionLLM2
+from visionllm2.modeling.model import VisionLLM2Model
 
 __all__ = [
     "Detection",
@@ -18,7 +18,7 @@ __all__ = [
     "Sample",
     "SemanticMap",
     "Turn",
-    "VisionLLM2",
+    "VisionLLM2Model",
     "build_model",
     "tiny_config",
 ]

@@ -13,12 +13,16 @@ from visionllm2.data.processor import Batch
 from visionllm2.inference.results import Result
 
 if TYPE_CHECKING:
-    from visionllm2.modeling.model import VisionLLM2
+    from visionllm2.modeling.model import VisionLLM2Model
+
+
+_STOP_TAIL = 64  # stop strings are matched against the decoded last tokens only
 
 
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # end tokens are suppressed before this many tokens
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
@@ -71,7 +75,7 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generato
 
 @torch.no_grad()
 def generate(
-    model: VisionLLM2, batch: Batch, generation: GenerationConfig | None = None, **overrides: Any
+    model: VisionLLM2Model, batch: Batch, generation: GenerationConfig | None = None, **overrides: Any
 ) -> list[Result]:
     """Generate an answer for every sample of a (left-padded) batch built with
     ``processor(samples, add_generation_prompt=True)``.
@@ -111,31 +115,44 @@ def generate(
     embed_tokens = model.llm.get_input_embeddings()
 
     for step in range(cfg.max_new_tokens):
-        tokens = _pick(model.logits(last), cfg, generator)  # (B,)
-        chunks: list[tuple[torch.Tensor, int]] = []  # per sample: (new embeds (n, D), family or -1)
+        logits = model.logits(last)  # (B, V)
+        if step < cfg.min_new_tokens:
+            logits[:, list(eos)] = float("-inf")
+        tokens = _pick(logits, cfg, generator)  # (B,)
+        token_list = tokens.tolist()
+        active = [not st.done for st in states]  # samples that take this step's token
+        families = [-1] * B
         for b, st in enumerate(states):
-            tok = int(tokens[b])
-            if st.done:
-                chunks.append((embeds.new_zeros(0, embeds.shape[-1]), -1))
+            if not active[b]:
                 continue
+            tok = token_list[b]
             st.tokens.append(tok)
-            e = embed_tokens(tokens[b : b + 1]).to(embeds.dtype)  # (1, D)
-            fam = proc.routing_ids.get(tok, -1)
-            if fam >= 0:
-                e = torch.cat([e, model.super_link.queries[model.super_link.family_names[fam]].to(e.dtype)])
-            chunks.append((e, fam))
-            stopped = bool(stops) and any(proc.decode(st.tokens).endswith(s) for s in stops)
+            families[b] = proc.routing_ids.get(tok, -1)
+            stopped = bool(stops) and any(proc.decode(st.tokens[-_STOP_TAIL:]).endswith(s) for s in stops)
             st.done = tok in eos or stopped or step == cfg.max_new_tokens - 1
-        if all(st.done for st in states) and all(fam < 0 for _, fam in chunks):
+        if all(st.done for st in states) and max(families) < 0:
             break  # nothing left whose states we still need
-        # Right-align every sample's new positions; the gap in front is masked padding.
-        width = max(len(e) for e, _ in chunks)
-        new = embeds.new_zeros(B, width, embeds.shape[-1])
-        new_mask = mask.new_zeros(B, width)
-        for b, (e, _) in enumerate(chunks):
-            if len(e):
-                new[b, width - len(e) :] = e
-                new_mask[b, width - len(e) :] = 1
+        token_embeds = embed_tokens(tokens).to(embeds.dtype)  # (B, D)
+        widths = [
+            model.super_link.num_queries[f] + 1 if f >= 0 else int(active[b]) for b, f in enumerate(families)
+        ]
+        width = max(widths)
+        if width == 1:  # the common step: one token per active sample
+            new = token_embeds[:, None]  # (B, 1, D)
+            new_mask = torch.tensor(active, dtype=mask.dtype, device=mask.device)[:, None]
+        else:
+            # Right-align every sample's new positions; the gap in front is masked padding.
+            new = embeds.new_zeros(B, width, embeds.shape[-1])
+            new_mask = mask.new_zeros(B, width)
+            for b, f in enumerate(families):
+                if not widths[b]:
+                    continue
+                new[b, width - widths[b]] = token_embeds[b]
+                if f >= 0:
+                    new[b, width - widths[b] + 1 :] = model.super_link.queries[
+                        model.super_link.family_names[f]
+                    ]
+                new_mask[b, width - widths[b] :] = 1
         mask = torch.cat([mask, new_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if cache is not None:
@@ -143,7 +160,7 @@ def generate(
         else:
             embeds = torch.cat([embeds, new], dim=1)
             h = model.run_llm(embeds, mask, positions)[:, -width:]
-        for b, (_, fam) in enumerate(chunks):
+        for b, fam in enumerate(families):
             if fam >= 0:
                 k = model.super_link.num_queries[fam]
                 name = proc.name_before(proc.decode(states[b].tokens[:-1]))
@@ -160,13 +177,13 @@ def generate(
                 text = text[: -len(s)]
                 break
         links = [{"family": model.super_link.family_names[c.family], "name": c.name} for c in st.links]
-        results.append(Result(text=text, links=links))
+        results.append(Result(text=text, links=links, token_ids=st.tokens))
     if cfg.run_decoders:
         _run_decoders(model, batch, states, results)
     return results
 
 
-def _run_decoders(model: VisionLLM2, batch: Batch, states: list[_SampleState], results: list[Result]) -> None:
+def _run_decoders(model: VisionLLM2Model, batch: Batch, states: list[_SampleState], results: list[Result]) -> None:
     """Each decoder runs once on every captured link routed to it; items go to their sample."""
     captured = [(b, c) for b, st in enumerate(states) for c in st.links]
     if not captured:

@@ -59,6 +59,7 @@ class Result:
     text: str
     items: list[Any] = field(default_factory=list)
     links: list[dict[str, Any]] = field(default_factory=list)  # family and name of each link
+    token_ids: list[int] = field(default_factory=list)  # generated ids, end token included
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""Wires a :class:`VisionLLM2` from a config; saves and loads model folders."""
+"""Wires a :class:`VisionLLM2Model` from a config; saves and loads model folders."""
 
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ from visionllm2.data.processor import PixelSpec, VisionLLM2Processor
 from visionllm2.data.tokenizer import add_visionllm2_tokens, load_tokenizer
 from visionllm2.decoders import decoder_class
 from visionllm2.modeling.llm import build_llm
-from visionllm2.modeling.model import VisionLLM2
+from visionllm2.modeling.model import VisionLLM2Model
 from visionllm2.modeling.projector import Projector
 from visionllm2.modeling.region import RegionEncoder
 from visionllm2.modeling.superlink import SuperLink
 from visionllm2.modeling.vision import VisionEncoder
 
+# Models shipped inside the package, loadable by name.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
+BUNDLED = {"tiny": "visionllm2-tiny"}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 _VISION = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel)}
@@ -65,8 +68,8 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
 
 def build_model(
     config: ModelConfig, *, tokenizer: PreTrainedTokenizerBase | None = None, load_weights: bool = True
-) -> VisionLLM2:
-    """Build every part from ``config`` and inject them into :class:`VisionLLM2`.
+) -> VisionLLM2Model:
+    """Build every part from ``config`` and inject them into :class:`VisionLLM2Model`.
 
     ``load_weights=False`` builds real-scale parts from their saved architecture only (used
     by :func:`from_pretrained`, which then loads the whole state dict).
@@ -113,7 +116,7 @@ def build_model(
         },
         max_length=llm.config.max_position_embeddings,
     )
-    model = VisionLLM2(
+    model = VisionLLM2Model(
         config=config,
         vision=vision,
         projector=projector,
@@ -126,7 +129,7 @@ def build_model(
     return model.to(getattr(torch, config.dtype))
 
 
-def save_pretrained(model: VisionLLM2, path: str | os.PathLike) -> None:
+def save_pretrained(model: VisionLLM2Model, path: str | os.PathLike) -> None:
     """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``path``.
     The weights file is written under a temporary name and renamed, so a crash never leaves
     a truncated ``model.safetensors``."""
@@ -144,9 +147,23 @@ def save_pretrained(model: VisionLLM2, path: str | os.PathLike) -> None:
     model.config.save(path / CONFIG_NAME)  # last: a folder with config.json is complete
 
 
-def from_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> VisionLLM2:
-    """Load a folder written by :func:`save_pretrained`."""
-    path = Path(path)
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A bundled model's name ("tiny") or a folder -> the folder."""
+    key = str(name_or_path)
+    if key in BUNDLED:
+        path = BUNDLED_DIR / BUNDLED[key]
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"the bundled model {key!r} is not in this install ({path}); train it with "
+                "`visionllm2 train --config configs/tiny.yaml` or pass a model folder"
+            )
+        return path
+    return Path(name_or_path)
+
+
+def from_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> VisionLLM2Model:
+    """Load a bundled model by name ("tiny") or a folder written by :func:`save_pretrained`."""
+    path = resolve_model_path(path)
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
     if missing:
         raise FileNotFoundError(

@@ -31,7 +31,7 @@ class ModelOutput:
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # "decoder.name" -> weighted loss
 
 
-class VisionLLM2(nn.Module):
+class VisionLLM2Model(nn.Module):
     """The generalist model. Built by injection (see :func:`visionllm2.modeling.builder.build_model`).
 
     Forward (training, teacher forcing): image slots get projected vision features, query
@@ -226,7 +226,7 @@ class VisionLLM2(nn.Module):
         save_pretrained(self, path)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> VisionLLM2:
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> VisionLLM2Model:
         from visionllm2.modeling.builder import from_pretrained
 
         return from_pretrained(path, **kwargs)
