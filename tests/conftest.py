@@ -10,6 +10,7 @@ from torch import nn
 
 from visionllm2.config import DecoderConfig, tiny_config
 from visionllm2.decoders import LinkDecoder, Links, register_decoder
+from visionllm2.inference.results import Detection
 from visionllm2.modeling.builder import build_model
 
 
@@ -39,7 +40,10 @@ class ProbeDecoder(LinkDecoder):
     def postprocess(self, output, *, names, families, image_size):
         w, h = image_size
         scale = torch.tensor([w, h, w, h])
-        return [{"name": n, "box": (b * scale).tolist()} for n, b in zip(names, output)]
+        return [
+            Detection(label=n, score=1.0, box=(b * scale).tolist(), link=i)
+            for i, (n, b) in enumerate(zip(names, output))
+        ]
 
 
 register_decoder("probe", ProbeDecoder)

@@ -324,7 +324,7 @@ def test_generate_runs_decoder_and_returns_typed_result(photos):
     assert len(res.items) == len(det_links)
     w, h = photos[0].size
     for item in res.items:
-        x0, y0, x1, y1 = item["box"]
+        x0, y0, x1, y1 = item.box
         assert 0 <= x0 <= w and 0 <= y1 <= h
 
 

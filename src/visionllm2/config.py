@@ -161,7 +161,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _build(cls, data, "config")
+        return build_dataclass(cls, data, "config")
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
@@ -177,18 +177,22 @@ class ModelConfig:
 
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"llm.num_layers": 2}``."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            node = data
-            parts = key.split(".")
-            for p in parts[:-1]:
-                if not isinstance(node, dict) or p not in node:
-                    raise ConfigError(f"unknown config key {key!r}")
-                node = node[p]
-            if not isinstance(node, dict) or parts[-1] not in node:
+        return ModelConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``"llm.num_layers"``) in nested dicts; unknown keys are an error."""
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node, dict) or p not in node or not isinstance(node[p], dict):
                 raise ConfigError(f"unknown config key {key!r}")
-            node[parts[-1]] = value
-        return ModelConfig.from_dict(data)
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r}")
+        node[parts[-1]] = value
+    return data
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -204,10 +208,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _build(tp: Any, data: Any, where: str) -> Any:
-    """Build a value of type ``tp`` from JSON ``data``, naming the key on any error."""
-    if isinstance(tp, str):
-        tp = _HINTS[tp]
+def build_dataclass(tp: Any, data: Any, where: str) -> Any:
+    """Build a value of (dataclass) type ``tp`` from JSON ``data``, checking every key and
+    type and naming the offending key on any error."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
@@ -217,7 +220,7 @@ def _build(tp: Any, data: Any, where: str) -> Any:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(names)}")
-        kwargs = {k: _build(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        kwargs = {k: build_dataclass(hints[k], v, f"{where}.{k}") for k, v in data.items()}
         try:
             return tp(**kwargs)
         except TypeError as e:
@@ -231,7 +234,7 @@ def _build(tp: Any, data: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _build(a, data, where)
+                return build_dataclass(a, data, where)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {data!r}")
@@ -239,12 +242,17 @@ def _build(tp: Any, data: Any, where: str) -> Any:
         kt, vt = typing.get_args(tp)
         if not isinstance(data, dict):
             raise ConfigError(f"{where} must be an object, got {type(data).__name__}")
-        return {k: _build(vt, v, f"{where}.{k}") for k, v in data.items()}
+        return {k: build_dataclass(vt, v, f"{where}.{k}") for k, v in data.items()}
+    if origin is list:
+        (it,) = typing.get_args(tp)
+        if not isinstance(data, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {data!r}")
+        return [build_dataclass(it, v, f"{where}[{i}]") for i, v in enumerate(data)]
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(data, (list, tuple)) or len(data) != len(args):
             raise ConfigError(f"{where} must be a list of {len(args)} values, got {data!r}")
-        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
+        return tuple(build_dataclass(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
     if tp is Any:
         return data
     if tp is float and isinstance(data, int) and not isinstance(data, bool):
@@ -254,20 +262,6 @@ def _build(tp: Any, data: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be {tp.__name__}, got {data!r}")
         return data
     raise ConfigError(f"{where}: unsupported config type {tp}")
-
-
-_HINTS = {
-    c.__name__: c
-    for c in (
-        VisionConfig,
-        ProjectorConfig,
-        LLMConfig,
-        FamilyConfig,
-        DecoderConfig,
-        RegionConfig,
-        ModelConfig,
-    )
-}
 
 
 def tiny_config(**decoders: DecoderConfig) -> ModelConfig:

@@ -29,6 +29,7 @@ class ModelOutput:
     loss: torch.Tensor  # lm_loss_weight * lm_loss + sum of decoder losses
     lm_loss: torch.Tensor | None
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # "decoder.name" -> weighted loss
+    lm_loss_per_sample: torch.Tensor | None = None  # (B,) detached; NaN where nothing is trained
 
 
 class VisionLLM2Model(nn.Module):
@@ -64,8 +65,11 @@ class VisionLLM2Model(nn.Module):
         self.processor = processor
 
     # -- inputs ----------------------------------------------------------------------------
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """Input embeddings (B, T, D) with image, region and query slots filled in."""
+    def embed(self, batch: Batch, vision_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings (B, T, D) with image, region and query slots filled in.
+
+        ``vision_features`` (I, N, Dv): the vision tower's output for ``batch.pixel_values``,
+        when the caller already has it (a predictor caching an image across turns)."""
         ids = batch.input_ids
         embeds = self.llm.get_input_embeddings()(ids)  # (B, T, D)
         B, T, D = embeds.shape
@@ -73,7 +77,9 @@ class VisionLLM2Model(nn.Module):
         n_slots = int(image_slots.sum())
         feats = None
         if batch.pixel_values is not None:
-            feats = self.vision(batch.pixel_values)  # (I, N, Dv)
+            feats = self.vision(batch.pixel_values) if vision_features is None else vision_features  # (I, N, Dv)
+            if feats.shape[0] != batch.pixel_values.shape[0]:
+                raise ValueError(f"{feats.shape[0]} vision features for {batch.pixel_values.shape[0]} images")
             per_sample = torch.bincount(batch.image_sample, minlength=B) * feats.shape[1]
             if not torch.equal(per_sample.to(ids.device), image_slots.sum(1)):
                 raise ValueError(
@@ -184,14 +190,19 @@ class VisionLLM2Model(nn.Module):
         embeds = self.embed(batch)
         hidden = self.run_llm(embeds, batch.attention_mask)  # (B, T, D)
 
-        lm_loss = None
+        lm_loss = per_sample = None
         if batch.labels is not None:
             # Only positions whose next token is trained need logits.
             targets = batch.labels[:, 1:]
             keep = targets != IGNORE_INDEX
             if keep.any():
                 logits = self.logits(hidden[:, :-1][keep]).float()  # (n, V)
-                lm_loss = F.cross_entropy(logits, targets[keep])
+                ce = F.cross_entropy(logits, targets[keep], reduction="none")  # (n,)
+                lm_loss = ce.mean()
+                rows = keep.nonzero()[:, 0]
+                sums = ce.detach().new_zeros(keep.shape[0]).index_add(0, rows, ce.detach())
+                per_sample = sums / keep.sum(1).clamp(min=1)
+                per_sample[keep.sum(1) == 0] = float("nan")
         total = (lm_loss * self.config.lm_loss_weight) if lm_loss is not None else hidden.new_zeros(())
         losses: dict[str, torch.Tensor] = {}
         if batch.link_targets is not None and batch.link_family.numel():
@@ -208,7 +219,7 @@ class VisionLLM2Model(nn.Module):
                 for name, value in out.items():
                     losses[f"{dec}.{name}"] = value
                     total = total + value
-        return ModelOutput(loss=total, lm_loss=lm_loss, losses=losses)
+        return ModelOutput(loss=total, lm_loss=lm_loss, losses=losses, lm_loss_per_sample=per_sample)
 
     # -- inference -------------------------------------------------------------------------
     def generate(

@@ -1,0 +1,149 @@
+"""Training recipe: YAML file -> typed config, with ``key=value`` overrides from the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visionllm2.config import ConfigError, apply_overrides, build_dataclass
+
+# Parameter groups, by what the parameters belong to (see stages.py).
+GROUPS = ("vision", "projector", "llm", "links", "region", "backbone", "decoders")
+
+
+@dataclass
+class DatasetSpec:
+    """One training source: a registered dataset ``type`` and its arguments."""
+
+    name: str
+    type: str
+    weight: float = 1.0
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageSpec:
+    """A training stage. ``lr_mult`` scales ``lr`` per parameter group; 0 freezes a group.
+    ``weights`` overrides dataset weights for this stage (0 leaves a dataset out)."""
+
+    name: str
+    steps: int
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    """Where the model comes from: a model config file (JSON/YAML) or a preset ("tiny"),
+    with overrides, or an existing model folder to continue from."""
+
+    config: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: list[DatasetSpec] = field(default_factory=list)
+    stages: list[StageSpec] = field(default_factory=list)
+    batch_size: int = 8  # global batch (all processes together)
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    precision: str = "fp32"  # "fp32" | "bf16"
+    seed: int = 0
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    strategy: str = "ddp"  # "ddp" | "fsdp" | "deepspeed" (multi-process only)
+    deepspeed_config: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.strategy not in ("ddp", "fsdp", "deepspeed"):
+            raise ConfigError(f"strategy must be ddp, fsdp or deepspeed, got {self.strategy!r}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be >= 1")
+        if not self.stages:
+            raise ConfigError("the recipe needs at least one entry under 'stages'")
+        names = [d.name for d in self.data]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"dataset names must be unique, got {names}")
+        for st in self.stages:
+            bad = sorted(set(st.lr_mult) - set(GROUPS))
+            if bad:
+                raise ConfigError(
+                    f"stage {st.name!r}: unknown lr_mult group(s) {bad}; groups are {list(GROUPS)}"
+                )
+            unknown = sorted(set(st.weights) - set(names))
+            if unknown:
+                raise ConfigError(f"stage {st.name!r}: weights name unknown dataset(s) {unknown}")
+            if st.steps < 1:
+                raise ConfigError(f"stage {st.name!r}: steps must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"stages.0.steps=20"`` -> (key, value); the value is parsed as YAML (numbers, lists…)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    # Lists (stages, data) are addressed by index: stages.0.steps=5; model config keys keep
+    # their dots: model.overrides.llm.num_layers=2.
+    prefix = "model.overrides."
+    for key, value in (parse_override(o) for o in overrides):
+        if key.startswith(prefix):
+            data.setdefault("model", {}).setdefault("overrides", {})[key[len(prefix) :]] = value
+            continue
+        node: Any = data
+        parts = key.split(".")
+        try:
+            for p in parts[:-1]:
+                node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+            if isinstance(node, list):
+                node[int(parts[-1])] = value
+            else:
+                node[parts[-1]] = value
+        except (ValueError, IndexError, TypeError) as e:
+            raise ConfigError(f"override {key!r} does not address a config entry ({e})") from e
+    return build_dataclass(TrainConfig, data, str(path))
+
+
+def load_model_config(spec: ModelSpec):
+    """The ModelConfig a recipe names (preset or file), with its overrides."""
+    from visionllm2.config import ModelConfig, tiny_config
+
+    if spec.config == "tiny":
+        base = tiny_config()
+    else:
+        p = Path(spec.config)
+        if not p.is_file():
+            raise FileNotFoundError(f"model config {p} does not exist (or use the preset 'tiny')")
+        raw = yaml.safe_load(p.read_text()) if p.suffix in (".yaml", ".yml") else json.loads(p.read_text())
+        base = ModelConfig.from_dict(raw)
+    return ModelConfig.from_dict(apply_overrides(base.to_dict(), spec.overrides)) if spec.overrides else base

@@ -1,0 +1,232 @@
+"""The training loop: stages, mixed-task batches, accumulation, clipping, logging, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from visionllm2.config import atomic_write_text
+from visionllm2.modeling.builder import build_model, from_pretrained
+from visionllm2.training.checkpoint import (
+    TrainPosition,
+    latest_checkpoint,
+    load_checkpoint,
+    load_position,
+    save_checkpoint,
+)
+from visionllm2.training.config import TrainConfig, load_model_config
+from visionllm2.training.data import Mixture, StepBatches, build_dataset, task_of
+from visionllm2.training.distributed import (
+    DistInfo,
+    deepspeed_engine,
+    gather_windows,
+    init_distributed,
+    wrap_model,
+)
+from visionllm2.training.stages import build_optimizer
+
+log = logging.getLogger("visionllm2.train")
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig` recipe. ``run()`` returns the final losses."""
+
+    def __init__(
+        self, cfg: TrainConfig, *, resume: bool = False, num_workers: int = 0, progress: bool = True
+    ):
+        self.cfg = cfg
+        self.resume = resume
+        self.num_workers = num_workers
+        self.progress = progress
+        self.dist: DistInfo = init_distributed(cfg.device)
+        self.out = Path(cfg.out_dir)
+        torch.manual_seed(cfg.seed)
+        if cfg.model.init is not None:
+            self.model = from_pretrained(cfg.model.init)
+        else:
+            self.model = build_model(load_model_config(cfg.model))
+        self.model.to(self.dist.device).train()
+        self.datasets = {d.name: build_dataset(d) for d in cfg.data}
+        if not self.datasets:
+            raise ValueError("the recipe names no datasets under 'data'")
+        self.history: list[dict[str, Any]] = []
+        self.writer = None
+
+    # -- logging ---------------------------------------------------------------------------
+    def _setup_logging(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        handler = logging.FileHandler(self.out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _record(self, global_step: int, stage: str, values: dict[str, float]) -> None:
+        if not self.dist.is_main:
+            return
+        self.history.append({"step": global_step, "stage": stage, **values})
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, global_step)
+        log.info("%s step %d %s", stage, global_step, json.dumps({k: round(v, 5) for k, v in values.items()}))
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        self._setup_logging()
+        start = TrainPosition(stage=0, step=0)
+        ckpt = latest_checkpoint(self.out) if self.resume else None
+        if self.resume and ckpt is None and self.dist.is_main:
+            log.info("--resume: no checkpoint in %s, starting from scratch", self.out)
+        if ckpt is not None:
+            start = load_position(ckpt)
+            if (self.out / "history.json").is_file():
+                self.history = json.loads((self.out / "history.json").read_text())
+        global_step = sum(s.steps for s in cfg.stages[: start.stage]) + start.step
+        self.history = [h for h in self.history if h["step"] <= global_step]
+        last: dict[str, float] = {}
+        for si, stage in enumerate(cfg.stages):
+            if si < start.stage:
+                continue
+            opt, sched = build_optimizer(self.model, stage, weight_decay=cfg.weight_decay, betas=cfg.betas)
+            first = 0
+            if ckpt is not None and si == start.stage:
+                load_checkpoint(ckpt, self.model, opt, sched)
+                first = start.step
+            if first >= stage.steps:
+                continue
+            last = self._run_stage(si, stage, opt, sched, first, global_step)
+            global_step += stage.steps - first
+        if self.dist.is_main:
+            self.model.save_pretrained(self.out / "final")
+            atomic_write_text(self.out / "history.json", json.dumps(self.history))
+            from visionllm2.training.curves import plot_learning_curves
+
+            plot_learning_curves(self.history, self.out / "curves")
+            self.writer.close()
+        return last
+
+    def _run_stage(self, si: int, stage, opt, sched, first: int, global_step: int) -> dict[str, float]:
+        cfg, info = self.cfg, self.dist
+        weights = {d.name: stage.weights.get(d.name, d.weight) for d in cfg.data}
+        mixture = Mixture(self.datasets, weights, seed=cfg.seed, stage=si)
+        steps = StepBatches(
+            mixture,
+            self.model.processor,
+            batch_size=cfg.batch_size,
+            steps=stage.steps,
+            rank=info.rank,
+            world=info.world,
+            micro_batches=cfg.grad_accum,
+        )
+        loader = torch.utils.data.DataLoader(
+            steps,
+            batch_size=None,
+            sampler=range(first, stage.steps),
+            num_workers=self.num_workers,
+            collate_fn=lambda x: x,
+            persistent_workers=False,
+        )
+        model = self.model
+        engine = None
+        if cfg.strategy == "deepspeed" and info.enabled:
+            engine, opt, sched = deepspeed_engine(model, opt, sched, cfg.deepspeed_config)
+            wrapped = engine
+        else:
+            wrapped = wrap_model(model, info, cfg.strategy)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        bar = tqdm(
+            total=stage.steps,
+            initial=first,
+            desc=stage.name,
+            disable=not (self.progress and info.is_main),
+            leave=True,
+        )
+        autocast = (
+            torch.autocast(device_type=info.device.type, dtype=torch.bfloat16)
+            if cfg.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        window: dict[str, list[float]] = defaultdict(list)
+        last: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for step, micro in zip(range(first, stage.steps), loader):
+            for mi, batch in enumerate(micro):
+                batch = batch.to(info.device)
+                sync = contextlib.nullcontext()
+                if info.enabled and engine is None and mi < len(micro) - 1 and hasattr(wrapped, "no_sync"):
+                    sync = wrapped.no_sync()  # accumulate locally, all-reduce once per step
+                with sync:
+                    with autocast:
+                        out = wrapped(batch)
+                    loss = out.loss / len(micro)
+                    if engine is not None:
+                        engine.backward(loss)
+                    else:
+                        loss.backward()
+                self._collect(window, out, batch)
+            if engine is not None:
+                engine.step()
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                window["grad_norm"].append(float(grad_norm))
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == stage.steps:
+                dt = time.perf_counter() - t0
+                merged = gather_windows(window, info)  # ranks may hold different tasks
+                values = {k: sum(v) / len(v) for k, v in merged.items() if v}
+                n_steps = (
+                    cfg.log_every
+                    if done % cfg.log_every == 0
+                    else (done - first) % cfg.log_every or cfg.log_every
+                )
+                values["samples_per_s"] = cfg.batch_size * n_steps / dt
+                values["lr"] = opt.param_groups[0]["lr"]
+                self._record(global_step + done - first, stage.name, values)
+                bar.set_postfix(
+                    loss=f"{values.get('loss', math.nan):.4f}", sps=f"{values['samples_per_s']:.1f}"
+                )
+                last = values
+                window.clear()
+                t0 = time.perf_counter()
+            bar.update(1)
+            if info.is_main and (done % cfg.ckpt_every == 0 or done == stage.steps):
+                # History first: on resume, entries past the checkpoint are dropped.
+                atomic_write_text(self.out / "history.json", json.dumps(self.history))
+                save_checkpoint(
+                    self.out, model, opt, sched, TrainPosition(si, done), keep=cfg.keep_checkpoints
+                )
+            if info.enabled:
+                torch.distributed.barrier()
+        bar.close()
+        return last
+
+    @staticmethod
+    def _collect(window: dict[str, list[float]], out, batch) -> None:
+        """Loss terms, and the LM loss per task (from each sample's own loss)."""
+        window["loss"].append(float(out.loss.detach()))
+        if out.lm_loss is not None:
+            window["lm_loss"].append(float(out.lm_loss.detach()))
+        for k, v in out.losses.items():
+            window[k].append(float(v.detach()))
+        if out.lm_loss_per_sample is not None and batch.samples is not None:
+            for s, v in zip(batch.samples, out.lm_loss_per_sample.tolist()):
+                if not math.isnan(v):
+                    window[f"task/{task_of(s)}/lm_loss"].append(v)
