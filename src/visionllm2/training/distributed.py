@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -60,16 +62,26 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
     raise ValueError(f"wrap_model does not handle strategy {strategy!r}")
 
 
-def deepspeed_engine(model: nn.Module, optimizer, scheduler, config_path: str | None):
-    """DeepSpeed ZeRO (configs/deepspeed/zero2.json for the full recipe)."""
+def deepspeed_engine(
+    model: nn.Module, optimizer, scheduler, config_path: str | None, *, micro_batch: int, grad_accum: int
+):
+    """DeepSpeed ZeRO (configs/deepspeed/zero2.json for the full recipe). Batch sizes marked
+    "auto" in the JSON are filled from the recipe."""
     try:
         import deepspeed
     except ImportError as e:
         raise ImportError("strategy 'deepspeed' needs `pip install deepspeed` (GPU machines)") from e
     if config_path is None:
         raise ValueError("strategy 'deepspeed' needs deepspeed_config: path to a DeepSpeed JSON config")
+    ds = json.loads(Path(config_path).read_text())
+    for key, value in (
+        ("train_micro_batch_size_per_gpu", micro_batch),
+        ("gradient_accumulation_steps", grad_accum),
+    ):
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config_path
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds
     )
     return engine, optimizer, scheduler
 

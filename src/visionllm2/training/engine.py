@@ -144,7 +144,14 @@ class Trainer:
         model = self.model
         engine = None
         if cfg.strategy == "deepspeed" and info.enabled:
-            engine, opt, sched = deepspeed_engine(model, opt, sched, cfg.deepspeed_config)
+            engine, opt, sched = deepspeed_engine(
+                model,
+                opt,
+                sched,
+                cfg.deepspeed_config,
+                micro_batch=cfg.batch_size // (info.world * cfg.grad_accum),
+                grad_accum=cfg.grad_accum,
+            )
             wrapped = engine
         else:
             wrapped = wrap_model(model, info, cfg.strategy)
@@ -173,15 +180,13 @@ class Trainer:
                 with sync:
                     with autocast:
                         out = wrapped(batch)
-                    loss = out.loss / len(micro)
                     if engine is not None:
-                        engine.backward(loss)
+                        engine.backward(out.loss)  # DeepSpeed scales by its accumulation steps
+                        engine.step()  # it only updates at the accumulation boundary
                     else:
-                        loss.backward()
+                        (out.loss / len(micro)).backward()
                 self._collect(window, out, batch)
-            if engine is not None:
-                engine.step()
-            else:
+            if engine is None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 window["grad_norm"].append(float(grad_norm))
                 opt.step()

@@ -1,0 +1,126 @@
+"""Training throughput (samples/s) and model FLOPs utilisation against the measured matmul peak.
+
+FLOPs per step are counted by torch's FlopCounterMode on one real forward + backward (so
+they include the frozen vision tower's forward and every matmul/attention), and the peak is
+the best of several large fp32 matrix products on the same device and thread count.
+
+    .venv/bin/python benchmarks/bench_train.py --sizes tiny 100m --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench_generate import SIZES
+from visionllm2 import Sample, Turn, build_model
+from visionllm2.training.config import StageSpec
+from visionllm2.training.stages import build_optimizer
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, n: int, dtype: torch.dtype) -> float:
+    """Best FLOP/s of an n x n matmul."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        sync(device)
+        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def samples(batch: int) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(batch):
+        img = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+        answer = "There are three shapes: a red circle, a blue square and a green star. " * (1 + i % 2)
+        out.append(
+            Sample(
+                images=[img],
+                conversation=[Turn("user", "<image>\nDescribe the image."), Turn("assistant", answer)],
+            )
+        )
+    return out
+
+
+def run(size: str, batch: int, steps: int, device: str, dtype: str) -> dict:
+    torch.manual_seed(0)
+    model = build_model(SIZES[size]()).to(device).train()
+    opt, _ = build_optimizer(
+        model, StageSpec(name="stage1", steps=steps, lr=1e-4), weight_decay=0.0, betas=(0.9, 0.999)
+    )
+    b = model.processor(samples(batch)).to(device)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def step() -> None:
+        with autocast:
+            loss = model(b).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
+    n_params = sum(p.numel() for p in model.parameters())
+    return dict(
+        size=size, params=n_params, tokens=int(b.attention_mask.sum()), sps=batch / dt, flops=flops / dt
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["tiny", "100m"], choices=list(SIZES))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--peak-n", type=int, default=2048)
+    args = ap.parse_args()
+    tdtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.device.startswith("cuda") and args.dtype == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False  # count fp32 honestly on GPUs
+    peak = matmul_peak(args.device, args.peak_n, tdtype)
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
+    print(f"# {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}")
+    print(f"# measured matmul peak ({args.peak_n}^3): {peak / 1e9:.1f} GFLOP/s")
+    print("| config | params | batch | tokens/batch | samples/s | achieved GFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        r = run(size, args.batch, args.steps, args.device, args.dtype)
+        print(
+            f"| {r['size']} | {r['params'] / 1e6:.1f}M | {args.batch} | {r['tokens']} | {r['sps']:.2f} "
+            f"| {r['flops'] / 1e9:.1f} | {100 * r['flops'] / peak:.1f}% |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
