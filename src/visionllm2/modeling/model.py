@@ -77,7 +77,7 @@ class VisionLLM2Model(nn.Module):
         n_slots = int(image_slots.sum())
         feats = None
         if batch.pixel_values is not None:
-            feats = self.vision(batch.pixel_values) if vision_features is None else vision_features  # (I, N, Dv)
+            feats = vision_features if vision_features is not None else self.vision(batch.pixel_values)
             if feats.shape[0] != batch.pixel_values.shape[0]:
                 raise ValueError(f"{feats.shape[0]} vision features for {batch.pixel_values.shape[0]} images")
             per_sample = torch.bincount(batch.image_sample, minlength=B) * feats.shape[1]
