@@ -30,7 +30,8 @@ class ProbeDecoder(LinkDecoder):
         self.calls.append(links.num_samples)
         assert pixels is not None and pixels.shape[0] == links.num_samples
         feat = torch.cat([links.embeds, pixels.mean(dim=(2, 3))[links.sample]], dim=-1)
-        boxes = self.head(feat).sigmoid()  # (L, 4)
+        cx, cy, w, h = self.head(feat).sigmoid().unbind(-1)  # a valid box whatever the weights
+        boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1).clamp(0, 1)  # (L, 4)
         if targets is None:
             return [boxes[links.sample == s] for s in range(links.num_samples)]
         sizes = links.image_sizes[links.sample].float().repeat(1, 2)  # (L, 4) w h w h
@@ -38,7 +39,7 @@ class ProbeDecoder(LinkDecoder):
         return {"l1": 5.0 * (boxes - want).abs().mean()}
 
     def postprocess(self, output, *, names, families, image_size):
-        w, h = image_size
+        w, h = image_size or (1, 1)  # no image: boxes stay normalised
         scale = torch.tensor([w, h, w, h])
         return [
             Detection(label=n, score=1.0, box=(b * scale).tolist(), link=i)

@@ -130,8 +130,9 @@ def test_streaming_matches_plain_completion(client):
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-    assert text == plain["choices"][0]["message"]["content"]
+    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+    assert sum(bool(p) for p in pieces) >= 2  # the text arrives token by token, not in one piece
+    assert "".join(pieces) == plain["choices"][0]["message"]["content"]
     last = chunks[-1]
     assert last["choices"][0]["finish_reason"] == "length" and last["usage"]["completion_tokens"] == 4
     assert last["visionllm2"]["detections"] == plain["visionllm2"]["detections"]
@@ -259,7 +260,7 @@ def test_concurrent_requests_are_batched_and_match_single_runs(make_client):
 def test_batch_queue_groups_caps_and_isolates_failures():
     batches: list[list[str]] = []
 
-    def run(samples, generation, metas):
+    def run(samples, generation, metas, on_token=None):
         batches.append(list(metas))
         if "bad" in metas:
             raise ValueError("bad sample")

@@ -234,7 +234,6 @@ def coco_records(result: Any, image_id: int, ids: _Ids) -> tuple[list[dict[str, 
             unknown += 1
             continue
         x0, y0, x1, y1 = (float(v) for v in d.box)
-        x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
         rec: dict[str, Any] = {
             "image_id": image_id,
             "category_id": cat["id"],

@@ -3,6 +3,7 @@ then runs every decoder once on all captured links."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,13 @@ def _pick(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generato
 
 @torch.no_grad()
 def generate(
-    model: VisionLLM2Model, batch: Batch, generation: GenerationConfig | None = None, **overrides: Any
+    model: VisionLLM2Model,
+    batch: Batch,
+    generation: GenerationConfig | None = None,
+    *,
+    vision_features: torch.Tensor | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    **overrides: Any,
 ) -> list[Result]:
     """Generate an answer for every sample of a (left-padded) batch built with
     ``processor(samples, add_generation_prompt=True)``.
@@ -85,6 +92,9 @@ def generate(
     the states at the queries are captured, and generation continues from the last query, as
     in training. Without a cache the whole sequence is recomputed each step (same tokens and
     states; used to test the cache).
+
+    ``vision_features`` (I, N, Dv) skips the vision tower (a predictor's cache);
+    ``on_token(sample, token_id)`` is called for every generated token (streaming).
     """
     cfg = generation or GenerationConfig()
     if overrides:
@@ -102,7 +112,7 @@ def generate(
         eos.add(end_id)
     stops = tuple(cfg.stop_strings)
 
-    embeds = model.embed(batch)  # (B, T, D)
+    embeds = model.embed(batch, vision_features)  # (B, T, D)
     mask = batch.attention_mask
     cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
     hidden = model.run_llm(embeds, mask, cache=cache)  # (B, T, D)
@@ -127,6 +137,8 @@ def generate(
                 continue
             tok = token_list[b]
             st.tokens.append(tok)
+            if on_token is not None:
+                on_token(b, tok)
             families[b] = proc.routing_ids.get(tok, -1)
             stopped = bool(stops) and any(proc.decode(st.tokens[-_STOP_TAIL:]).endswith(s) for s in stops)
             st.done = tok in eos or stopped or step == cfg.max_new_tokens - 1
@@ -183,7 +195,9 @@ def generate(
     return results
 
 
-def _run_decoders(model: VisionLLM2Model, batch: Batch, states: list[_SampleState], results: list[Result]) -> None:
+def _run_decoders(
+    model: VisionLLM2Model, batch: Batch, states: list[_SampleState], results: list[Result]
+) -> None:
     """Each decoder runs once on every captured link routed to it; items go to their sample."""
     captured = [(b, c) for b, st in enumerate(states) for c in st.links]
     if not captured:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import io
 import json
@@ -11,7 +10,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,16 +249,7 @@ class ChatResult:
             out = self.image
             for r in self.regions:
                 out = draw_region(out, r)
-            # Order box corners: an undertrained decoder may emit x1 < x0, which is still worth seeing.
-            items = [
-                dataclasses.replace(
-                    i, box=[*np.minimum(i.box[:2], i.box[2:]), *np.maximum(i.box[:2], i.box[2:])]
-                )
-                if isinstance(i, Detection)
-                else i
-                for i in self.items
-            ]
-            panels.append(draw_result(out, items))
+            panels.append(draw_result(out, self.items))
         panels += [g.image.convert("RGB") for g in self.images]
         if not panels:
             raise ValueError("nothing to draw: the result has no input image and no generated image")
@@ -310,21 +300,6 @@ class ChatResult:
 
     def to_json(self, *, include_images: bool = True, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(include_images=include_images), indent=indent)
-
-
-class _WithVisionFeatures:
-    """The model as :func:`generate` sees it, but with ``embed`` fed precomputed vision
-    features (the predictor's cache). Everything else is the model's own attribute."""
-
-    def __init__(self, model: VisionLLM2Model, features: torch.Tensor) -> None:
-        self._model = model
-        self._features = features
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def embed(self, batch: Any) -> torch.Tensor:
-        return self._model.embed(batch, vision_features=self._features)
 
 
 # -- the predictor ------------------------------------------------------------------------------
@@ -523,14 +498,15 @@ class VisionLLM2:
         generation: GenerationConfig | dict[str, Any] | None = None,
         *,
         meta: list[tuple[list[Turn], Image.Image | None, list[RegionPrompt]]] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[ChatResult]:
         """Generate for ready-made samples (last turn the user's) in one batch. ``meta`` gives
-        each result's raw conversation, image and regions (defaults: the sample's own)."""
+        each result's raw conversation, image and regions (defaults: the sample's own);
+        ``on_token(sample_index, token_id)`` sees every generated token as it comes."""
         cfg = self._generation(generation)
         batch = self.model.processor(samples, add_generation_prompt=True).to(self.device, self.dtype)
         features = self._vision_features(samples, batch)
-        model: Any = self.model if features is None else _WithVisionFeatures(self.model, features)
-        results = generate(model, batch, cfg)
+        results = generate(self.model, batch, cfg, vision_features=features, on_token=on_token)
         prompt_tokens = batch.attention_mask.sum(1).tolist()
         out = []
         for i, (s, r) in enumerate(zip(samples, results)):

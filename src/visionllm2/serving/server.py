@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -362,7 +361,9 @@ def build_request_sample(
 
 
 # -- batching ---------------------------------------------------------------------------------
-RunFn = Callable[[list[Sample], GenerationConfig, list[Any]], list[ChatResult]]
+RunFn = Callable[
+    [list[Sample], GenerationConfig, list[Any], Callable[[int, int], None] | None], list[ChatResult]
+]
 
 
 @dataclass
@@ -371,6 +372,7 @@ class _Job:
     meta: Any
     generation: GenerationConfig
     future: asyncio.Future
+    on_token: Callable[[int], None] | None = None  # called from the model thread
 
 
 @dataclass
@@ -416,12 +418,18 @@ class BatchQueue:
                 await self._task
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, sample: Sample, meta: Any, generation: GenerationConfig) -> ChatResult:
+    async def submit(
+        self,
+        sample: Sample,
+        meta: Any,
+        generation: GenerationConfig,
+        on_token: Callable[[int], None] | None = None,
+    ) -> ChatResult:
         if self._queue is None:
             raise RuntimeError("the batch queue is not started (use the app inside its lifespan)")
         if self._queue.qsize() >= self.max_pending:
             raise APIError(503, "the server is busy; retry shortly", kind="server_busy", code="overloaded")
-        job = _Job(sample, meta, generation, asyncio.get_running_loop().create_future())
+        job = _Job(sample, meta, generation, asyncio.get_running_loop().create_future(), on_token)
         self._queue.put_nowait(job)
         return await job.future
 
@@ -454,6 +462,11 @@ class BatchQueue:
         self.stats.requests += len(group)
         self.stats.largest_batch = max(self.stats.largest_batch, len(group))
         self.stats.sizes[len(group)] = self.stats.sizes.get(len(group), 0) + 1
+
+        def on_token(i: int, token: int) -> None:
+            if group[i].on_token is not None:
+                group[i].on_token(token)
+
         try:
             results = await loop.run_in_executor(
                 self._executor,
@@ -461,6 +474,7 @@ class BatchQueue:
                 [j.sample for j in group],
                 group[0].generation,
                 [j.meta for j in group],
+                on_token,
             )
         except Exception as e:  # noqa: BLE001 - isolate which request failed
             if len(group) == 1:
@@ -469,7 +483,7 @@ class BatchQueue:
             for job in group:
                 try:
                     (res,) = await loop.run_in_executor(
-                        self._executor, self._run, [job.sample], job.generation, [job.meta]
+                        self._executor, self._run, [job.sample], job.generation, [job.meta], None
                     )
                     _settle(job, result=res)
                 except Exception as e1:  # noqa: BLE001
@@ -564,9 +578,6 @@ def structured_outputs(result: ChatResult, extras: Extras) -> dict[str, Any]:
     return out
 
 
-_WORD = re.compile(r"\S+\s*|\s+")
-
-
 def create_app(predictor: VisionLLM2, settings: ServerSettings | None = None) -> FastAPI:
     """The FastAPI app: ``/v1/chat/completions``, ``/v1/models``, ``/health`` and the demo at ``/``.
 
@@ -577,8 +588,10 @@ def create_app(predictor: VisionLLM2, settings: ServerSettings | None = None) ->
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     started = int(time.time())
 
-    def run(samples: list[Sample], generation: GenerationConfig, metas: list[Any]) -> list[ChatResult]:
-        return predictor.run(samples, generation, meta=metas)
+    def run(
+        samples: list[Sample], generation: GenerationConfig, metas: list[Any], on_token=None
+    ) -> list[ChatResult]:
+        return predictor.run(samples, generation, meta=metas, on_token=on_token)
 
     queue = BatchQueue(
         run=run,
@@ -659,7 +672,17 @@ def create_app(predictor: VisionLLM2, settings: ServerSettings | None = None) ->
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             return StreamingResponse(
-                _stream(queue, sample, meta, generation, req, cid, created, settings.model_id),
+                _stream(
+                    queue,
+                    predictor.model.processor.decode,
+                    sample,
+                    meta,
+                    generation,
+                    req,
+                    cid,
+                    created,
+                    settings.model_id,
+                ),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -707,6 +730,7 @@ def _usage(result: ChatResult) -> dict[str, int]:
 
 async def _stream(
     queue: BatchQueue,
+    decode: Callable[[list[int]], str],
     sample: Sample,
     meta: Any,
     generation: GenerationConfig,
@@ -715,9 +739,9 @@ async def _stream(
     created: int,
     model_id: str,
 ) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format. The role chunk goes out at once; the text
-    follows word by word once the batch finishes (generate() has no per-token callback yet),
-    and the last chunk carries finish_reason and the structured outputs."""
+    """Server-sent events in OpenAI's chunk format. The role chunk goes out at once, then the
+    text as it is generated (the model thread hands every token to the event loop); the last
+    chunk carries finish_reason and the structured outputs (decoders run after the text)."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {
@@ -731,15 +755,34 @@ async def _stream(
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    loop = asyncio.get_running_loop()
+    tokens: asyncio.Queue[int] = asyncio.Queue()
+    job = asyncio.ensure_future(
+        queue.submit(sample, meta, generation, lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t))
+    )
+    ids: list[int] = []
+    sent = ""
     try:
-        result = await queue.submit(sample, meta, generation)
+        while not (job.done() and tokens.empty()):
+            getter = asyncio.ensure_future(tokens.get())
+            await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            ids.append(getter.result())
+            # Decode all ids so far: a character may span several byte tokens.
+            text = decode(ids)
+            if text.startswith(sent) and len(text) > len(sent) and not text.endswith("\ufffd"):
+                yield chunk({"content": text[len(sent) :]})
+                sent = text
+        result = job.result()
         extra = await run_in_threadpool(structured_outputs, result, req.visionllm2)
     except Exception as e:  # noqa: BLE001 - the status line is already sent: report in-band
         yield f"data: {json.dumps(_error_for(e).body())}\n\n"
         yield "data: [DONE]\n\n"
         return
-    for piece in _WORD.findall(result.text):
-        yield chunk({"content": piece})
+    if result.text.startswith(sent) and len(result.text) > len(sent):
+        yield chunk({"content": result.text[len(sent) :]})  # whatever the last decode held back
     final: dict[str, Any] = {"visionllm2": extra}
     if req.stream_options is not None and req.stream_options.include_usage:
         final["usage"] = _usage(result)
