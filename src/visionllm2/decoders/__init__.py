@@ -103,3 +103,5 @@ class LinkDecoder(nn.Module):
 
 
 # Built-in families: one line each.
+register_decoder("grounding", "visionllm2.decoders.grounding:GroundingDecoder")
+register_decoder("pose", "visionllm2.decoders.pose:PoseDecoder")

@@ -51,7 +51,9 @@ def elementwise_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) 
     """GIoU of matched pairs: (n, 4) and (n, 4) xyxy -> (n,). Avoids the (n, n) matrix of the
     pairwise version when only the diagonal is needed (the loss on matched pairs)."""
     if boxes1.shape != boxes2.shape:
-        raise ValueError(f"matched boxes must have equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+        raise ValueError(
+            f"matched boxes must have equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+        )
     area1, area2 = box_area(boxes1), box_area(boxes2)
     inter = (torch.min(boxes1[:, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
     inter = inter.prod(-1)

@@ -50,7 +50,7 @@ DEFAULT_KEYPOINT_SIGMA = 0.05
 
 
 def canonical_keypoint_name(name: str) -> str:
-    """"Left Eye" / "left-eye" / "left_eye" -> "left_eye", so prompts and tables agree."""
+    """ "Left Eye" / "left-eye" / "left_eye" -> "left_eye", so prompts and tables agree."""
     return "_".join(name.strip().lower().replace("-", " ").replace("_", " ").split())
 
 
@@ -76,7 +76,8 @@ def keypoint_oks(
     """
     if pred.shape[-2] != gt.shape[-2] or sigmas.shape[-1] != gt.shape[-2]:
         raise ValueError(
-            f"keypoint counts disagree: pred {tuple(pred.shape)}, gt {tuple(gt.shape)}, sigmas {tuple(sigmas.shape)}"
+            f"keypoint counts disagree: pred {tuple(pred.shape)}, gt {tuple(gt.shape)}, "
+            f"sigmas {tuple(sigmas.shape)}"
         )
     if sigmas.dim() == 1:
         sigmas = sigmas[None].expand(gt.shape[0], -1)

@@ -18,7 +18,10 @@ def mask_to_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
         raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def masks_to_rles(masks: np.ndarray | torch.Tensor) -> list[dict[str, Any]]:
@@ -56,11 +59,17 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int], *, mode: str = "bil
 def point_sample(inputs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample (N, C, H, W) maps at (N, P, 2) points (x, y) in [0, 1] -> (N, C, P)."""
     grid = 2.0 * coords[:, :, None, :] - 1.0  # (N, P, 1, 2) in grid_sample's [-1, 1]
-    return F.grid_sample(inputs, grid.to(inputs.dtype), align_corners=False)[..., 0]
+    # "border": a point at the image edge reads the edge pixel, not a blend with zero padding
+    # (which would make every border look uncertain and bias the loss there).
+    return F.grid_sample(inputs, grid.to(inputs.dtype), padding_mode="border", align_corners=False)[..., 0]
 
 
 def uncertain_point_coords(
-    logits: torch.Tensor, *, num_points: int, oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75
+    logits: torch.Tensor,
+    *,
+    num_points: int,
+    oversample_ratio: float = 3.0,
+    importance_sample_ratio: float = 0.75,
 ) -> torch.Tensor:
     """Points where (N, 1, H, W) mask logits are least certain (closest to 0), plus random ones.
 

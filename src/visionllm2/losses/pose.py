@@ -1,0 +1,122 @@
+"""Set criterion of the pose decoder: instance class/box losses plus keypoint L1 and OKS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from visionllm2.losses.grounding import GroundingCriterion
+from visionllm2.losses.matcher import Match
+from visionllm2.ops.keypoints import matched_keypoint_oks
+
+# Paper defaults (ARCHITECTURE.md §2): class 2, L1 box 5, GIoU 2, keypoint L1 10, OKS 4. The
+# visibility term is ours: it gives each keypoint a meaningful score in the results.
+POSE_LOSS_WEIGHTS: dict[str, float] = {
+    "class": 2.0,
+    "bbox": 5.0,
+    "giou": 2.0,
+    "keypoints": 10.0,
+    "oks": 4.0,
+    "visibility": 1.0,
+}
+
+
+class PoseCriterion(GroundingCriterion):
+    """Hungarian-matched pose losses (ED-Pose / UniPose style).
+
+    ``outputs`` as :class:`GroundingCriterion` (``logits`` over all of a sample's pose links,
+    keypoint-name columns masked by ``class_valid``), plus ``keypoints`` (S, Q, G, P, 2)
+    normalised xy for every query under every keypoint group (skeleton) of the sample,
+    ``visibility`` (S, Q, G, P) logits, and ``keypoint_aux``: the same two for the earlier
+    keypoint layers (scored with the final assignment).
+
+    ``targets`` add ``keypoints`` (n, P, 3) normalised (x, y, v), ``group`` (n,) the skeleton
+    index of each instance, ``areas`` (n,) normalised object areas, ``sigmas`` (n, P) OKS
+    falloffs and ``keypoint_valid`` (n, P) which of the P slots exist in the skeleton.
+    """
+
+    loss_names = ("class", "bbox", "giou", "keypoints", "oks", "visibility")
+
+    @classmethod
+    def default_weights(cls) -> dict[str, float]:
+        return dict(POSE_LOSS_WEIGHTS)
+
+    @staticmethod
+    def _per_target_keypoints(layer: dict[str, Any], s: int, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(Q, n, P, 2): every query's keypoints under each target's own skeleton."""
+        return layer["keypoints"][s][:, target["group"]]
+
+    def matcher_inputs(
+        self, layer: dict[str, Any], s: int, target: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        out = super().matcher_inputs(layer, s, target)
+        if layer.get("keypoints") is not None:
+            out["keypoints"] = self._per_target_keypoints(layer, s, target)
+        return out
+
+    def layer_losses(
+        self,
+        layer: dict[str, Any],
+        targets: list[dict[str, torch.Tensor]],
+        indices: list[Match],
+        class_valid: torch.Tensor,
+        num_boxes: float,
+    ) -> dict[str, torch.Tensor]:
+        losses = (
+            super().layer_losses(layer, targets, indices, class_valid, num_boxes) if "logits" in layer else {}
+        )
+        if layer.get("keypoints") is not None:
+            losses.update(self.keypoint_losses(layer, targets, indices, num_boxes))
+        return losses
+
+    def keypoint_losses(
+        self,
+        layer: dict[str, Any],
+        targets: list[dict[str, torch.Tensor]],
+        indices: list[Match],
+        num_boxes: float,
+    ) -> dict[str, torch.Tensor]:
+        pred, vis, gt, areas, sigmas, valid = [], [], [], [], [], []
+        for s, (t, (q, j)) in enumerate(zip(targets, indices, strict=True)):
+            g = t["group"][j]
+            pred.append(layer["keypoints"][s][q, g])  # (m, P, 2)
+            vis.append(layer["visibility"][s][q, g])  # (m, P)
+            gt.append(t["keypoints"][j])
+            areas.append(t["areas"][j])
+            sigmas.append(t["sigmas"][j])
+            valid.append(t["keypoint_valid"][j])
+        pred_t, vis_t, gt_t = torch.cat(pred), torch.cat(vis), torch.cat(gt).to(pred[0])
+        valid_t = torch.cat(valid)
+        if pred_t.shape[0] == 0:
+            zero = layer["keypoints"].sum() * 0.0 + layer["visibility"].sum() * 0.0
+            return {"keypoints": zero, "oks": zero, "visibility": zero}
+        labelled = (gt_t[..., 2] > 0).to(pred_t.dtype)  # (m, P)
+        l1 = ((pred_t - gt_t[..., :2]).abs().sum(-1) * labelled).sum() / num_boxes
+        oks = matched_keypoint_oks(pred_t, gt_t, torch.cat(areas).to(pred_t), torch.cat(sigmas).to(pred_t))
+        bce = F.binary_cross_entropy_with_logits(vis_t, labelled, reduction="none") * valid_t
+        visibility = (bce.sum(-1) / valid_t.sum(-1).clamp(min=1)).sum() / num_boxes
+        return {"keypoints": l1, "oks": (1 - oks).sum() / num_boxes, "visibility": visibility}
+
+    def forward(
+        self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]], class_valid: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        num_boxes = max(float(sum(t["labels"].shape[0] for t in targets)), 1.0)
+        losses: dict[str, torch.Tensor] = {}
+        # Final outputs: matched on class, box and keypoints together (UniPose's matcher).
+        indices = self.match(outputs, targets)
+        losses.update(self.weighted(self.layer_losses(outputs, targets, indices, class_valid, num_boxes), ""))
+        # Earlier keypoint layers refine the same instances: score them with the final assignment.
+        for i, aux in enumerate(outputs.get("keypoint_aux", [])):
+            losses.update(self.weighted(self.keypoint_losses(aux, targets, indices, num_boxes), f"_kp{i}"))
+        # Earlier instance layers and the encoder proposals: class + box only, matched anew.
+        layers = [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", []))]
+        if outputs.get("enc") is not None:
+            layers.append(("_enc", outputs["enc"]))
+        for suffix, layer in layers:
+            aux_indices = self.match(layer, targets)
+            losses.update(
+                self.weighted(self.layer_losses(layer, targets, aux_indices, class_valid, num_boxes), suffix)
+            )
+        return losses
