@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "visionllm2.serving.cli",  # serve
     "visionllm2.training.cli",  # train
     "visionllm2.data.synthetic.cli",  # data synth
+    "visionllm2.evaluation.cli",  # eval
 )
 
 # Errors that are the user's to fix: reported on one line, without a traceback.

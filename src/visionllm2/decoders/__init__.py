@@ -103,5 +103,6 @@ class LinkDecoder(nn.Module):
 
 
 # Built-in families: one line each.
+register_decoder("diffusion", "visionllm2.decoders.diffusion:DiffusionDecoder")
 register_decoder("grounding", "visionllm2.decoders.grounding:GroundingDecoder")
 register_decoder("pose", "visionllm2.decoders.pose:PoseDecoder")
