@@ -278,7 +278,7 @@ def test_cached_equals_uncached_with_links(photos):
     captured = {}
     real = g._run_decoders
 
-    def spy(model_, batch_, states, results):
+    def spy(model_, batch_, states, results, options):
         captured.setdefault("s", []).append([c.states for st in states for c in st.links])
 
     g._run_decoders = spy

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from visionllm2.data.sample import LinkTarget
@@ -307,6 +308,12 @@ class PoseDecoder(GroundingDecoder):
         guess and of every keypoint layer (the last entry is the prediction)."""
         s, q, d = hs.shape
         g, p = kp_text.shape[1:3]
+        # What tells keypoints apart is what their links do not share: remove the category's
+        # mean link. From an LLM early in training the shared part is nearly all of each state
+        # (cosine ~0.99 between keypoint links), which otherwise leaves one query for all.
+        real = (~kp_pad)[..., None].to(kp_text.dtype)  # (S, G, P, 1)
+        mean = (kp_text * real).sum(2, keepdim=True) / real.sum(2, keepdim=True).clamp(min=1)
+        kp_text = F.layer_norm(kp_text - mean, kp_text.shape[-1:])  # (S, G, P, D)
         inst = hs[:, :, None, None].expand(-1, -1, g, p, -1)  # (S, Q, G, P, D)
         text = self.kp_content(kp_text)[:, None].expand(-1, q, -1, -1, -1)  # (S, Q, G, P, D)
         queries = inst + text

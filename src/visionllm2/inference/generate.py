@@ -32,6 +32,9 @@ class GenerationConfig:
     use_cache: bool = True
     seed: int | None = None  # for sampling
     run_decoders: bool = True
+    # decoder name -> options handed to it in Links.extras (e.g. {"gen": {"seed": 0,
+    # "num_inference_steps": 25, "guidance_scale": 2.0}}).
+    decoder_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -191,12 +194,16 @@ def generate(
         links = [{"family": model.super_link.family_names[c.family], "name": c.name} for c in st.links]
         results.append(Result(text=text, links=links, token_ids=st.tokens))
     if cfg.run_decoders:
-        _run_decoders(model, batch, states, results)
+        _run_decoders(model, batch, states, results, cfg.decoder_options)
     return results
 
 
 def _run_decoders(
-    model: VisionLLM2Model, batch: Batch, states: list[_SampleState], results: list[Result]
+    model: VisionLLM2Model,
+    batch: Batch,
+    states: list[_SampleState],
+    results: list[Result],
+    options: dict[str, dict[str, Any]],
 ) -> None:
     """Each decoder runs once on every captured link routed to it; items go to their sample."""
     captured = [(b, c) for b, st in enumerate(states) for c in st.links]
@@ -211,7 +218,13 @@ def _run_decoders(
     family = torch.tensor([c.family for _, c in captured], device=device)
     names = [c.name for _, c in captured]
     groups = model.decoder_links(padded, sample, family, names, batch.image_sizes)
+    unknown = sorted(set(options) - set(model.decoders))
+    if unknown:
+        raise ValueError(
+            f"decoder_options name unknown decoder(s) {unknown}; the model has {sorted(model.decoders)}"
+        )
     for dec, (links, _idx, samples) in groups.items():
+        links.extras.update(options.get(dec, {}))
         pixels = batch.decoder_pixels.get(dec)
         decoder = model.decoders[dec]
         outputs = decoder(links, None if pixels is None else pixels[samples])
