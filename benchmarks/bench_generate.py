@@ -61,7 +61,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(size: str, batch_size: int, new_tokens: int, repeats: int, device: str) -> list[dict]:
+def run(
+    size: str, batch_size: int, new_tokens: int, repeats: int, device: str, caches: tuple[bool, ...]
+) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(SIZES[size]()).eval()
     llava = llava_twin(model).to(device)
@@ -74,7 +76,7 @@ def run(size: str, batch_size: int, new_tokens: int, repeats: int, device: str) 
     ]
     batch = model.processor(samples, add_generation_prompt=True).to(device)
     rows = []
-    for cache in (True, False):
+    for cache in caches:
         ours, theirs = [], []
         for _ in range(repeats):
             sync(device)
@@ -120,6 +122,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache", choices=["both", "yes", "no"], default="both", help="KV cache settings")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,7 +133,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for bs in args.batches:
-            for r in run(size, bs, args.new_tokens, args.repeats, args.device):
+            caches = {"both": (True, False), "yes": (True,), "no": (False,)}[args.cache]
+            for r in run(size, bs, args.new_tokens, args.repeats, args.device, caches):
                 cache = "yes" if r["cache"] else "no"
                 print(
                     f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {cache} "
