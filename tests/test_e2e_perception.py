@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_grounding_decoder import TINY
 from visionllm2.config import DecoderConfig, tiny_config
 from visionllm2.data.sample import Sample
 from visionllm2.data.synthetic.tasks import build_task
@@ -17,18 +18,9 @@ from visionllm2.data.synthetic.world import WorldConfig, generate_scene
 from visionllm2.evaluation.detection import coco_evaluate, ground_truth_from_targets
 from visionllm2.modeling.builder import build_model
 
-LM_MULT = 3
-TRUNK = {
-    "pixel_size": 128,
-    "backbone": {"type": "cnn", "channels": [16, 32, 48, 64]},
-    "hidden_dim": 64,
-    "num_heads": 4,
-    "ffn_dim": 128,
-    "num_encoder_layers": 2,
-    "num_decoder_layers": 2,
-    "num_queries": 30,
-    "score_threshold": 0.0,
-}
+# The grounding decoder's own tiny test size, without its training knobs (set per test here).
+TRUNK = {k: v for k, v in TINY.items() if k not in ("link_dim", "mask_points", "matcher_points", "dn_number")}
+TRUNK["score_threshold"] = 0.0
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +55,7 @@ def overfit(model, samples: list[Sample], steps: int, lr: float) -> None:
     opt = torch.optim.AdamW(
         [
             {"params": [p for p in params if id(p) in decoder], "lr": lr},
-            {"params": [p for p in params if id(p) not in decoder], "lr": LM_MULT * lr},
+            {"params": [p for p in params if id(p) not in decoder], "lr": 3 * lr},
         ],
         weight_decay=1e-4,
     )

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from visionllm2.data.builders import ObjectAnn
+from visionllm2.ops.keypoints import COCO_KEYPOINT_NAMES
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "hexagon", "cross")
 # Hues at least 25 degrees apart, all saturated; a darker tone (x0.6) of each is its texture.
@@ -44,25 +45,7 @@ TEXTURE_SHADE = 0.6  # texture marks are the shape's colour times this
 SIZE_WORDS: tuple[str, ...] = ("small", "medium", "large")
 
 # The 17 COCO person keypoints and skeleton (0-based pairs; COCO JSON stores them 1-based).
-PERSON_KEYPOINTS: tuple[str, ...] = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
+PERSON_KEYPOINTS: tuple[str, ...] = COCO_KEYPOINT_NAMES
 PERSON_SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
     (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
