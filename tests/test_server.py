@@ -282,3 +282,12 @@ def test_batch_queue_groups_caps_and_isolates_failures():
     assert bad[0] == "x:1" and isinstance(bad[1], ValueError)  # the bad request fails alone
     assert batches[3:] == [["x", "bad"], ["x"], ["bad"]]
     assert stats.largest_batch == 2 and stats.requests == 5 + 2
+
+
+def test_batching_key_handles_nested_generation_options():
+    from visionllm2.serving.server import _config_key
+
+    a = _config_key(GenerationConfig(decoder_options={"gen": {"seed": 1}}))
+    b = _config_key(GenerationConfig(decoder_options={"gen": {"seed": 2}}))
+    assert a != b and a == _config_key(GenerationConfig(decoder_options={"gen": {"seed": 1}}))
+    assert len({a, b}) == 2  # usable as a dict key

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -449,12 +450,16 @@ class BatchQueue:
                     )
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
-            groups: dict[tuple, list[_Job]] = {}
+            groups: dict[str, list[_Job]] = {}
             for job in jobs:
                 if not job.future.done():  # the client may have gone away while queued
                     groups.setdefault(_config_key(job.generation), []).append(job)
             for group in groups.values():
-                await self._run_group(group)
+                try:
+                    await self._run_group(group)
+                except Exception as e:  # noqa: BLE001 - the worker must outlive any batch
+                    for job in group:
+                        _settle(job, error=e)
 
     async def _run_group(self, group: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
@@ -502,8 +507,10 @@ def _settle(job: _Job, *, result: ChatResult | None = None, error: BaseException
         job.future.set_result(result)
 
 
-def _config_key(cfg: GenerationConfig) -> tuple:
-    return tuple(sorted(cfg.__dict__.items()))
+def _config_key(cfg: GenerationConfig) -> str:
+    """Requests batch together only with identical settings; nested options (decoder_options)
+    are dicts, so the key is their canonical JSON."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
 
 
 # -- body limit -------------------------------------------------------------------------------
