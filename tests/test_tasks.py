@@ -377,6 +377,12 @@ def test_samples_go_through_the_processor(scenes, stats):
             samples.append(build_task(task, scene, np.random.default_rng(1), rendered=r, stats=stats))
     batch = proc(samples)
     assert batch.input_ids.shape[0] == len(samples)
+    assert batch.labels.shape == batch.attention_mask.shape == batch.input_ids.shape
+    n_images = sum(len(s.images) for s in samples)
+    assert batch.pixel_values.shape == (n_images, 3, 32, 32)
+    assert batch.image_sample.tolist() == [b for b, s in enumerate(samples) for _ in s.images]
+    n_regions = sum(len(s.regions) for s in samples)
+    assert n_regions and batch.region_masks.shape == (n_regions, 32, 32)
     n_links = sum(len(s.targets) for s in samples)
     assert len(batch.link_names) == n_links
     expected = [name for s in samples for _, name in _links(s)]
