@@ -155,3 +155,21 @@ def pose_inputs(
         image_sizes=torch.tensor([list(im.size) for im, _ in scenes]),
     )
     return links, targets
+
+
+def overfit_decoder(dec, links: Links, pixels: torch.Tensor, targets: list, *, lr: float, steps: int = 200):
+    """Train a decoder alone on one fixed batch, then return its predictions. A final phase at
+    a tenth of the rate settles the set matching (DETR-style schedules drop the rate late)."""
+    opt = torch.optim.AdamW(dec.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.8 * steps)], 0.1)
+    dec.train()
+    for _ in range(steps):
+        loss = sum(dec(links, pixels, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec.parameters(), 0.1)
+        opt.step()
+        sched.step()
+    dec.eval()
+    with torch.no_grad():
+        return dec(links, pixels)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from perception_scenes import detection_inputs, shapes_scene, to_pixels
+from perception_scenes import detection_inputs, overfit_decoder, shapes_scene, to_pixels
 from visionllm2.data.sample import LinkTarget
 from visionllm2.decoders import Links, decoder_class
 from visionllm2.decoders.grounding import GroundingDecoder, MobileNetV2Backbone, build_backbone
@@ -241,21 +241,8 @@ def test_overfits_a_few_shape_scenes_to_high_box_and_mask_ap():
     links, targets = detection_inputs(scenes, classes, torch.randn(len(classes), 4, 32))
     dec = GroundingDecoder(**{**TINY, "mask_points": 512}, score_threshold=0.0)
     pixels = to_pixels([im for im, _ in scenes], dec.pixel_size, dec.pixel_mean, dec.pixel_std)
-    opt = torch.optim.AdamW(dec.parameters(), lr=2e-3, weight_decay=1e-4)
-    # A final low-lr phase settles the set matching (DETR-style schedules drop lr 10x late).
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [160], 0.1)
     start = time.time()
-    dec.train()
-    for _ in range(200):
-        loss = sum(dec(links, pixels, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dec.parameters(), 0.1)
-        opt.step()
-        sched.step()
-    dec.eval()
-    with torch.no_grad():
-        outs = dec(links, pixels)
+    outs = overfit_decoder(dec, links, pixels, targets, lr=2e-3)
     preds, gts = [], []
     for b, (im, _) in enumerate(scenes):
         ids = links.of_sample(b)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from perception_scenes import SKELETONS, pose_inputs, shapes_scene, to_pixels
+from perception_scenes import SKELETONS, overfit_decoder, pose_inputs, shapes_scene, to_pixels
 from visionllm2.data.sample import LinkTarget
 from visionllm2.decoders import Links, decoder_class
 from visionllm2.decoders.pose import PoseDecoder, group_pose_links
@@ -158,20 +158,8 @@ def test_overfits_a_few_shape_scenes_to_high_keypoint_ap():
     links, targets = pose_inputs(scenes, classes, {n: torch.randn(4, 32) for n in vocab})
     dec = PoseDecoder(**TINY, score_threshold=0.0)
     pixels = to_pixels([im for im, _ in scenes], dec.pixel_size, dec.pixel_mean, dec.pixel_std)
-    opt = torch.optim.AdamW(dec.parameters(), lr=1e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [160], 0.1)
     start = time.time()
-    dec.train()
-    for _ in range(200):
-        loss = sum(dec(links, pixels, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dec.parameters(), 0.1)
-        opt.step()
-        sched.step()
-    dec.eval()
-    with torch.no_grad():
-        outs = dec(links, pixels)
+    outs = overfit_decoder(dec, links, pixels, targets, lr=1e-3)
     preds, gts = [], []
     for b, (im, _) in enumerate(scenes):
         ids = links.of_sample(b)
