@@ -68,5 +68,15 @@ def photos() -> list[Image.Image]:
 
 
 @pytest.fixture()
+def one_thread():
+    """One intra-op thread for tests of many tiny ops: on a 2-core machine shared with other
+    jobs, torch's extra threads spin against them and make such tests many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def tiny():
     return make_tiny()

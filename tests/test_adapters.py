@@ -17,13 +17,7 @@ from visionllm2.evaluation import adapters
 from visionllm2.evaluation.adapters import LmmsEvalModel, VLMEvalKitModel, continuation_logprobs
 from visionllm2.inference.predictor import VisionLLM2
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @dataclass

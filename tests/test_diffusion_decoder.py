@@ -70,14 +70,7 @@ def assert_grads_reach_all(module: torch.nn.Module) -> None:
             assert torch.isfinite(p.grad).all(), name
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # One intra-op thread: these tiny UNet calls gain little from more, and on a shared machine
-    # extra threads spin against other processes and slow sampling tests a hundredfold.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ---------------------------------------------------------------------------- construction / registry

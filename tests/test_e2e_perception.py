@@ -23,12 +23,7 @@ TRUNK = {k: v for k, v in TINY.items() if k not in ("link_dim", "mask_points", "
 TRUNK["score_threshold"] = 0.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def tiny_model(family: str, decoder: str, kwargs: dict):

@@ -65,13 +65,7 @@ GRD = {
 POSE = {k: v for k, v in GRD.items() if k not in ("mask_points", "matcher_points", "dn_number")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores are shared by parallel test runs; one intra-op thread is faster for these tiny ops.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _perception_model():

@@ -33,14 +33,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores are shared by several test runs; oversubscribed intra-op threads make these
-    # small ops many times slower than running them on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _mixed_batch() -> tuple[Links, torch.Tensor, list[LinkTarget | None]]:

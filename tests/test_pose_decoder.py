@@ -31,13 +31,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared 2-core machine: one intra-op thread avoids oversubscription slowdowns.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _batch() -> tuple[Links, torch.Tensor, list[LinkTarget | None]]:
