@@ -160,3 +160,56 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     z = weights(tmp_path / "zero")
     changed = sum(not torch.equal(z[k], a[k]) for k in a)
     assert changed > 10  # the compared runs really trained
+
+
+def test_stage1_trains_text_only():
+    """Stage 1 (the MLLM stage) runs no decoder: no decoder loss, and no decoder gradient
+    reaches the LLM through the link states; other stages run them unless told otherwise."""
+    sys.path.insert(0, str(HELPERS))
+    from train_script import toy_samples
+
+    assert not StageSpec(name="stage1", steps=1).runs_decoders
+    assert StageSpec(name="stage2", steps=1).runs_decoders
+    assert StageSpec(name="stage1", steps=1, decoders=True).runs_decoders
+    assert not StageSpec(name="stage3", steps=1, decoders=False).runs_decoders
+    model = make_tiny()
+    batch = model.processor(toy_samples(4))
+    with_dec = model(batch)
+    assert "probe.l1" in with_dec.losses
+    text_only = model(batch, decoders=False)
+    assert text_only.losses == {}
+    assert float(text_only.loss) == pytest.approx(float(text_only.lm_loss) * model.config.lm_loss_weight)
+
+
+def test_micro_batches_by_length(tmp_path):
+    """micro_batch_tokens: a step's samples are split into groups of similar length, each within
+    the token budget (a longer sample alone); the run trains; bad combinations are refused."""
+    sys.path.insert(0, str(HELPERS))
+    from train_script import toy_samples
+
+    from visionllm2.training.data import Mixture, StepBatches
+
+    model = make_tiny()
+    samples = toy_samples(12)
+    long_answer = " and ".join(["a red square"] * 12)
+    samples[0].conversation[-1].content = long_answer  # one sample far longer than the rest
+    mix = Mixture({"toy": samples}, {"toy": 1.0}, seed=0, stage=0)
+    lengths = {id(s): model.processor([s]).input_ids.shape[1] for s in samples}
+    for budget, groups_expected in ((10_000, 1), (None, 1)):
+        sb = StepBatches(mix, model.processor, batch_size=8, steps=1, max_tokens=budget)
+        assert len(sb[0]) == groups_expected
+    sb = StepBatches(mix, model.processor, batch_size=8, steps=3, max_tokens=4 * min(lengths.values()) + 4)
+    for step in range(3):
+        draws = [samples[i] for _, i in mix.draw(step, 8)]
+        groups = sb._by_length(draws)
+        assert sorted(id(s) for g in groups for s in g) == sorted(id(s) for s in draws)
+        for g in groups:
+            longest = max(lengths[id(s)] for s in g)
+            assert len(g) == 1 or len(g) * longest <= sb.max_tokens
+        assert [b.input_ids.shape[0] for b in sb[step]] == [len(g) for g in groups]
+    run = run_script(tmp_path / "run", "micro_batch_tokens=120", "stages.0.steps=2", "stages.1.steps=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(hist) == 4 and all(h["loss"] == h["loss"] for h in hist)  # finite, not NaN
+    with pytest.raises(ConfigError, match="micro_batch_tokens"):
+        load_train_config(HELPERS / "tiny_recipe.yaml", ["micro_batch_tokens=100", "grad_accum=2"])

@@ -38,7 +38,8 @@ from typing import Any
 import torch.distributed as dist
 from tqdm import tqdm
 
-from visionllm2.data.formats.common import atomic_write_json, atomic_write_text
+from visionllm2.config import atomic_write_text
+from visionllm2.data.formats.common import atomic_write_json
 from visionllm2.data.processor import Batch, VisionLLM2Processor
 from visionllm2.data.sample import Sample, Turn
 from visionllm2.inference.results import Result

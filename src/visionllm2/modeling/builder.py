@@ -140,6 +140,7 @@ def save_pretrained(model: VisionLLM2Model, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         save_model(model, tmp, metadata={"format": "pt", "library": "visionllm2"})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path / WEIGHTS_NAME)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -186,7 +186,9 @@ class VisionLLM2Model(nn.Module):
         return out
 
     # -- training forward ------------------------------------------------------------------
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, decoders: bool = True) -> ModelOutput:
+        """Training forward: LM loss plus, with ``decoders``, every linked decoder's losses
+        (``decoders=False`` is the MLLM-only stage: link tokens are trained as text only)."""
         embeds = self.embed(batch)
         hidden = self.run_llm(embeds, batch.attention_mask)  # (B, T, D)
 
@@ -205,7 +207,7 @@ class VisionLLM2Model(nn.Module):
                 per_sample[keep.sum(1) == 0] = float("nan")
         total = (lm_loss * self.config.lm_loss_weight) if lm_loss is not None else hidden.new_zeros(())
         losses: dict[str, torch.Tensor] = {}
-        if batch.link_targets is not None and batch.link_family.numel():
+        if decoders and batch.link_targets is not None and batch.link_family.numel():
             states = self.link_states(hidden, batch)
             groups = self.decoder_links(
                 states, batch.link_sample, batch.link_family, batch.link_names, batch.image_sizes

@@ -28,7 +28,10 @@ class DatasetSpec:
 @dataclass
 class StageSpec:
     """A training stage. ``lr_mult`` scales ``lr`` per parameter group; 0 freezes a group.
-    ``weights`` overrides dataset weights for this stage (0 leaves a dataset out)."""
+    ``weights`` overrides dataset weights for this stage (0 leaves a dataset out).
+    ``decoders``: whether the task decoders run and add their losses; left unset it is off in
+    ``stage1`` (the paper's MLLM stage learns text answers and routing tokens only) and on in
+    every other stage."""
 
     name: str
     steps: int
@@ -37,6 +40,11 @@ class StageSpec:
     min_lr_ratio: float = 0.0
     lr_mult: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    decoders: bool | None = None
+
+    @property
+    def runs_decoders(self) -> bool:
+        return self.decoders if self.decoders is not None else self.name != "stage1"
 
 
 @dataclass
@@ -56,6 +64,10 @@ class TrainConfig:
     stages: list[StageSpec] = field(default_factory=list)
     batch_size: int = 8  # global batch (all processes together)
     grad_accum: int = 1
+    # Split each process's share of a step into micro-batches of similar-length samples holding
+    # at most this many padded tokens (instead of grad_accum equal parts): one long sample no
+    # longer pads the whole batch. Each micro-batch's loss counts by its number of samples.
+    micro_batch_tokens: int | None = None
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -76,6 +88,14 @@ class TrainConfig:
             raise ConfigError(f"strategy must be ddp, fsdp or deepspeed, got {self.strategy!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum must be >= 1")
+        if self.micro_batch_tokens is not None:
+            if self.micro_batch_tokens < 1:
+                raise ConfigError("micro_batch_tokens must be >= 1 (or unset)")
+            if self.strategy == "deepspeed" or self.grad_accum != 1:
+                raise ConfigError(
+                    "micro_batch_tokens sizes micro-batches by length; it cannot be combined with "
+                    "grad_accum > 1 or the deepspeed strategy (fixed micro-batch size): unset one"
+                )
         if not self.stages:
             raise ConfigError("the recipe needs at least one entry under 'stages'")
         names = [d.name for d in self.data]

@@ -78,6 +78,7 @@ class StepBatches(torch.utils.data.Dataset):
         rank: int = 0,
         world: int = 1,
         micro_batches: int = 1,
+        max_tokens: int | None = None,
     ):
         if batch_size % (world * micro_batches):
             raise ValueError(
@@ -91,6 +92,7 @@ class StepBatches(torch.utils.data.Dataset):
         self.rank = rank
         self.world = world
         self.micro_batches = micro_batches
+        self.max_tokens = max_tokens
 
     def __len__(self) -> int:
         return self.steps
@@ -102,8 +104,23 @@ class StepBatches(torch.utils.data.Dataset):
         share = self.batch_size // self.world
         mine = draws[self.rank * share : (self.rank + 1) * share]
         samples = [self.mixture.datasets[name][i] for name, i in mine]
+        if self.max_tokens is not None:
+            return [self.processor(group) for group in self._by_length(samples)]
         per = len(samples) // self.micro_batches
         return [self.processor(samples[i * per : (i + 1) * per]) for i in range(self.micro_batches)]
+
+
+    def _by_length(self, samples: list[Sample]) -> list[list[Sample]]:
+        """Longest first, greedily: a group grows while (size x its longest) <= max_tokens."""
+        lengths = [self.processor([s]).input_ids.shape[1] for s in samples]
+        order = sorted(range(len(samples)), key=lambda i: -lengths[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= self.max_tokens:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return [[samples[i] for i in g] for g in groups]
 
 
 def task_of(sample: Sample) -> str:

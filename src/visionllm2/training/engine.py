@@ -132,6 +132,7 @@ class Trainer:
             rank=info.rank,
             world=info.world,
             micro_batches=cfg.grad_accum,
+            max_tokens=cfg.micro_batch_tokens,
         )
         loader = torch.utils.data.DataLoader(
             steps,
@@ -172,6 +173,7 @@ class Trainer:
         last: dict[str, float] = {}
         t0 = time.perf_counter()
         for step, micro in zip(range(first, stage.steps), loader):
+            share = sum(b.input_ids.shape[0] for b in micro)
             for mi, batch in enumerate(micro):
                 batch = batch.to(info.device)
                 sync = contextlib.nullcontext()
@@ -179,12 +181,12 @@ class Trainer:
                     sync = wrapped.no_sync()  # accumulate locally, all-reduce once per step
                 with sync:
                     with autocast:
-                        out = wrapped(batch)
+                        out = wrapped(batch, decoders=stage.runs_decoders)
                     if engine is not None:
                         engine.backward(out.loss)  # DeepSpeed scales by its accumulation steps
                         engine.step()  # it only updates at the accumulation boundary
                     else:
-                        (out.loss / len(micro)).backward()
+                        (out.loss * (batch.input_ids.shape[0] / share)).backward()
                 self._collect(window, out, batch)
             if engine is None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from visionllm2.config import atomic_write_text
 from visionllm2.data import builders as B
-from visionllm2.data.formats.common import FormatError, atomic_save_image, atomic_write_text, open_image
+from visionllm2.data.formats.common import FormatError, atomic_save_image, open_image
 from visionllm2.data.sample import Sample
 from visionllm2.data.templates import Phrasing
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from visionllm2.config import atomic_write_bytes, atomic_write_text
 
 
 class FormatError(ValueError):
@@ -30,28 +31,7 @@ class FormatError(ValueError):
         self.path, self.record, self.field = str(path), record, field
 
 
-# -- atomic writes -------------------------------------------------------------------------------
-# Write to a temporary file in the same folder, then os.replace: a killed run leaves either the
-# old file or a stray ".tmp" file, never a truncated file under the final name.
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# -- atomic writes (atomic_write_bytes / atomic_write_text live in visionllm2.config) ----------
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
