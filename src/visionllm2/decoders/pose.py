@@ -11,7 +11,8 @@ fusion encoder, query selection and instance decoder, without masks or denoising
 2. instance queries are selected and decoded against the category links only (class logits
    are dot products with category embeddings; keypoint-name columns are masked);
 3. a keypoint stage builds, for every instance query and every skeleton (group) of the sample,
-   one keypoint query per keypoint name: content = keypoint-link embedding + instance query,
+   one keypoint query per keypoint name: content = keypoint-link embedding (minus its category's
+   mean link) + a learned slot embedding for its place in the skeleton + instance query,
    initial position = instance box centre + a learned offset inside the box;
 4. keypoint layers: self-attention among an instance's keypoints (and its instance query),
    cross-attention to the image tokens at the keypoint's position, FFN; each layer refines the
@@ -163,6 +164,7 @@ class PoseDecoder(GroundingDecoder):
         loss_weights: dict[str, float] | None = None,
         focal_alpha: float = 0.25,
         default_sigma: float = 0.05,
+        max_keypoints: int = 64,
         **kwargs: Any,
     ) -> None:
         for key in ("mask_on", "dn_number", "seg_outputs"):
@@ -178,6 +180,11 @@ class PoseDecoder(GroundingDecoder):
         ffn_dim = self.decoder[0].ffn[0].out_features if len(self.decoder) else 4 * d
         dropout = self.decoder[0].dropout.p if len(self.decoder) else 0.0
         self.kp_content = nn.Linear(d, d)
+        # Slot j = the j-th keypoint link of its category. Keypoint links then differ from the
+        # first step on, whatever the LLM makes of their names (an LLM trained from scratch
+        # gives them nearly the same state); the link adds what the name means.
+        self.max_keypoints = max_keypoints
+        self.kp_slot = nn.Embedding(max_keypoints, d)
         self.kp_init_head = MLP(in_dim=2 * d, hidden_dim=d, out_dim=2, num_layers=2)
         self.kp_pos_head = MLP(in_dim=d, hidden_dim=d, out_dim=d, num_layers=2)
         self.kp_layers = nn.ModuleList(
@@ -208,6 +215,11 @@ class PoseDecoder(GroundingDecoder):
         s = len(per_sample)
         g_max = max([len(gs) for gs in groups] + [1])
         p_max = max([len(kps) for gs in groups for _, kps in gs] + [1])
+        if p_max > self.max_keypoints:
+            raise ValueError(
+                f"a pose category has {p_max} keypoint links but the decoder was built with "
+                f"max_keypoints={self.max_keypoints}; build it with a larger max_keypoints"
+            )
         device = links.states.device
         class_valid = torch.zeros(s, width, dtype=torch.bool, device=device)
         kp_cols = torch.zeros(s, g_max, p_max, dtype=torch.long, device=device)
@@ -313,7 +325,7 @@ class PoseDecoder(GroundingDecoder):
         # (cosine ~0.99 between keypoint links), which otherwise leaves one query for all.
         real = (~kp_pad)[..., None].to(kp_text.dtype)  # (S, G, P, 1)
         mean = (kp_text * real).sum(2, keepdim=True) / real.sum(2, keepdim=True).clamp(min=1)
-        kp_text = F.layer_norm(kp_text - mean, kp_text.shape[-1:])  # (S, G, P, D)
+        kp_text = F.layer_norm(kp_text - mean, kp_text.shape[-1:]) + self.kp_slot.weight[:p]  # (S, G, P, D)
         inst = hs[:, :, None, None].expand(-1, -1, g, p, -1)  # (S, Q, G, P, D)
         text = self.kp_content(kp_text)[:, None].expand(-1, q, -1, -1, -1)  # (S, Q, G, P, D)
         queries = inst + text
