@@ -388,3 +388,18 @@ def test_samples_go_through_the_processor(scenes, stats):
     expected = [name for s in samples for _, name in _links(s)]
     assert batch.link_names == expected
     assert isinstance(next(t for t in batch.link_targets if t is not None), LinkTarget)
+
+
+def test_one_task_dataset_skips_scenes_that_do_not_fit():
+    """A one-task dataset yields that task for every item, deterministically, even where the
+    item's first scene cannot give it (a POPE question needs a suitable negative object)."""
+    from visionllm2.data.synthetic.tasks import scene_seed
+
+    ds = SyntheticTaskDataset(num=40, seed=0, weights={"pope": 1.0})
+    misfits = [i for i in range(40) if ds._sample(scene_seed(0, i)) is None]
+    assert misfits  # the retry path is exercised
+    items = [ds[i] for i in range(40)]
+    assert {s.task for s in items} == {"pope"}
+    again = SyntheticTaskDataset(num=40, seed=0, weights={"pope": 1.0})
+    answers = [s.conversation[-1].content for s in items]
+    assert answers == [again[i].conversation[-1].content for i in range(40)]

@@ -37,7 +37,8 @@ def _plot(path: Path, title: str, curves: dict[str, tuple[list[int], list[float]
 
 
 def plot_learning_curves(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Write ``<task>.png`` (that task's LM loss) and ``losses.png`` (every loss term)."""
+    """Write ``<task>.png`` (that task's LM loss) and ``losses.png`` (total, LM and per-decoder
+    loss)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not history:
         return []
@@ -54,8 +55,18 @@ def plot_learning_curves(history: list[dict[str, Any]], out_dir: Path) -> list[P
             path = out_dir / f"{m.group(1)}.png"
             _plot(path, f"task {m.group(1)}: LM loss", {"lm_loss": _series(history, key)}, stages)
             written.append(path)
-    terms = [k for k in keys if k == "loss" or k == "lm_loss" or ("." in k and not k.startswith("task/"))]
+    # Total, LM and each decoder's share of the total (the sum of its terms: a decoder logs
+    # dozens of auxiliary terms, too many to tell apart as separate curves).
+    curves = {k: _series(history, k) for k in ("loss", "lm_loss") if k in keys}
+    terms: dict[str, list[str]] = {}
+    for k in keys:
+        if "." in k and not k.startswith("task/"):
+            terms.setdefault(k.split(".")[0], []).append(k)
+    for dec, ks in terms.items():
+        pts = [(h["step"], sum(h[k] for k in ks if k in h)) for h in history if any(k in h for k in ks)]
+        label = f"{dec} ({len(ks)} term{'s' if len(ks) > 1 else ''})"
+        curves[label] = ([p[0] for p in pts], [p[1] for p in pts])
     path = out_dir / "losses.png"
-    _plot(path, "all loss terms", {k: _series(history, k) for k in terms}, stages)
+    _plot(path, "loss: total, LM and per decoder", curves, stages)
     written.append(path)
     return written

@@ -734,6 +734,7 @@ def scene_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+_SCENE_TRIES = 20  # scenes drawn for one item before giving up
 DEFAULT_WEIGHTS: dict[str, float] = {
     "caption": 1.0,
     "vqa": 2.0,
@@ -797,14 +798,25 @@ class SyntheticTaskDataset:
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.num:
             raise IndexError(f"index {index} out of range for {self.num} samples")
+        # A scene that fits none of the tasks (e.g. a one-task dataset of text reading and a
+        # scene without words) gives way to a fresh scene derived from the same index.
+        seed = scene_seed(self.seed, index)
+        for attempt in range(_SCENE_TRIES):
+            sample = self._sample(seed if attempt == 0 else scene_seed(seed, attempt))
+            if sample is not None:
+                return sample
+        raise RuntimeError(
+            f"no task of {self.tasks} fits {_SCENE_TRIES} scenes drawn for item {index}; "
+            "add more tasks to the weights"
+        )
+
+    def _sample(self, seed: int) -> Sample | None:
         # A stream apart from the scene generator's, so the task drawn does not depend on the scene.
-        rng = np.random.default_rng([scene_seed(self.seed, index), 1])
+        rng = np.random.default_rng([seed, 1])
         require = ()
         if self.require_pairs:
             require = (self.require_pairs[int(rng.integers(len(self.require_pairs)))],)
-        scene = generate_scene(
-            scene_seed(self.seed, index), self.config, exclude_pairs=self.exclude_pairs, require_pairs=require
-        )
+        scene = generate_scene(seed, self.config, exclude_pairs=self.exclude_pairs, require_pairs=require)
         rendered = render(scene)
         order = rng.choice(len(self.tasks), len(self.tasks), replace=False, p=self.probs)
         for i in order:
@@ -821,4 +833,4 @@ class SyntheticTaskDataset:
                 )
             except TaskNotApplicable:
                 continue
-        raise RuntimeError(f"no task of {self.tasks} fits scene {index}; add more tasks to the weights")
+        return None
