@@ -109,7 +109,6 @@ class StepBatches(torch.utils.data.Dataset):
         per = len(samples) // self.micro_batches
         return [self.processor(samples[i * per : (i + 1) * per]) for i in range(self.micro_batches)]
 
-
     def _by_length(self, samples: list[Sample]) -> list[list[Sample]]:
         """Longest first, greedily: a group grows while (size x its longest) <= max_tokens."""
         lengths = [self.processor([s]).input_ids.shape[1] for s in samples]
