@@ -90,6 +90,9 @@ HEADLINE = {
 }  # fmt: skip
 # A separate seed stream: training draws scene i from SeedSequence([seed, i]), so these never coincide.
 _EVAL_STREAM = 0x5EEDE7A1
+# Room for a whole answer sentence under a byte-level tokenizer ("The correct option is C." is 24
+# tokens): a short answer that is cut off scores as wrong.
+_SHORT_TOKENS = 48
 _MAX_TRIES = 40  # scenes tried per item before giving up on a task that rarely applies
 _ROUTING_RE = re.compile("|".join(re.escape(t) for t in ROUTING_TOKENS.values()))
 _FAMILY_OF_TOKEN = {t: f for f, t in ROUTING_TOKENS.items()}
@@ -259,7 +262,7 @@ class WorldSuite(Benchmark):
                             uid=case_uid,
                             sample=lambda c=case: c.sample,
                             forced="" if generated else case.forced,
-                            max_new_tokens=16 if task in TEXT_TASKS or not generated else 256,
+                            max_new_tokens=_SHORT_TOKENS if task in TEXT_TASKS or not generated else 256,
                             run_decoders=task not in TEXT_TASKS,
                             ref=case,
                         )
