@@ -50,6 +50,19 @@ class ProbeDecoder(LinkDecoder):
 register_decoder("probe", ProbeDecoder)
 
 
+# Constructor kwargs of a tiny pixel-space diffusion decoder (16 px, ~0.3 M parameters).
+TINY_UNET = dict(
+    image_size=16,
+    block_out_channels=[16, 32],
+    norm_num_groups=8,
+    attention_head_dim=8,
+    cross_attention_dim=32,
+    mapper_dim=32,
+    mapper_heads=4,
+    cond_len=4,
+)
+
+
 def make_tiny(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     cfg = tiny_config(probe=DecoderConfig(type="probe", link_dim=16, kwargs={"pixel_size": 16}))

@@ -12,6 +12,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 
+from conftest import TINY_UNET
 from visionllm2.data.sample import LinkTarget
 from visionllm2.decoders import Links, decoder_class
 from visionllm2.decoders.diffusion import DiffusionDecoder
@@ -22,19 +23,8 @@ K = 4  # queries per link in these tests
 
 
 def tiny(**overrides) -> dict:
-    """Constructor kwargs of a tiny pixel-space decoder (16 px, ~0.3 M parameters)."""
-    kwargs = dict(
-        image_size=16,
-        block_out_channels=[16, 32],
-        norm_num_groups=8,
-        attention_head_dim=8,
-        cross_attention_dim=32,
-        mapper_dim=32,
-        mapper_heads=4,
-        cond_len=4,
-    )
-    kwargs.update(overrides)
-    return kwargs
+    """Constructor kwargs of the tiny pixel-space decoder, with overrides."""
+    return {**TINY_UNET, **overrides}
 
 
 def make_links(states: torch.Tensor, sample: list[int], family: str, **extras) -> Links:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_UNET
 from visionllm2.config import DecoderConfig, tiny_config
 from visionllm2.data.sample import LinkTarget, Sample, Turn
 from visionllm2.inference.generate import GenerationConfig
@@ -20,17 +21,6 @@ from visionllm2.modeling.builder import build_model
 
 COLORS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230)}
 PLACES = {"top left": (1, 1), "bottom right": (9, 9), "centre": (5, 5)}
-UNET = dict(
-    image_size=16,
-    block_out_channels=[16, 32],
-    norm_num_groups=8,
-    attention_head_dim=8,
-    cross_attention_dim=32,
-    mapper_dim=32,
-    mapper_heads=4,
-    cond_len=4,
-)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -48,7 +38,9 @@ def as_array(images) -> np.ndarray:
 
 def tiny_model(family: str, mode: str):
     torch.manual_seed(0)
-    cfg = tiny_config(**{family: DecoderConfig(type="diffusion", link_dim=32, kwargs={**UNET, "mode": mode})})
+    cfg = tiny_config(
+        **{family: DecoderConfig(type="diffusion", link_dim=32, kwargs={**TINY_UNET, "mode": mode})}
+    )
     cfg.families[family].decoder = family
     return build_model(cfg)
 
