@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import make_tiny
 from visionllm2.config import ConfigError
 from visionllm2.training.config import StageSpec, load_train_config
-from visionllm2.training.stages import cosine_with_warmup, param_groups
+from visionllm2.training.stages import clip_gradients, clip_sets, cosine_with_warmup, param_groups
 
 HELPERS = Path(__file__).with_name("helpers")
 SCRIPT = HELPERS / "train_script.py"
@@ -91,6 +91,46 @@ def test_default_recipe_builds_and_trains_every_decoder():
     out.loss.backward()
     for name, dec in model.decoders.items():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dec.parameters()), name
+
+
+def test_decoder_gradients_clipped_apart(tmp_path):
+    """decoder_grad_clip: each decoder's gradient is clipped to its own norm, whatever the LLM's
+    gradient; unset, one norm over everything couples them. The trainer logs each norm."""
+
+    def clipped_decoder_norm(decoder_grad_clip: float | None, llm_scale: float) -> float:
+        model = make_tiny()
+        groups = param_groups(model, StageSpec(name="stage3", steps=1, lr=1.0), weight_decay=0.0)
+        params = [p for g in groups for p in g["params"]]
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.grad = torch.ones_like(p) * (llm_scale if name.startswith("llm.") else 1.0)
+        sets = clip_sets(model, params, 1.0, decoder_grad_clip)
+        norms = clip_gradients(sets)
+        assert set(norms) == (
+            {"grad_norm"} if decoder_grad_clip is None else {"grad_norm", "grad_norm/probe"}
+        )
+        assert sorted(id(p) for _, ps, _ in sets for p in ps) == sorted(id(p) for p in params)
+        rest = [
+            p.grad for n, p in model.named_parameters() if p.requires_grad and not n.startswith("decoders.")
+        ]
+        assert float(torch.sqrt(sum((g**2).sum() for g in rest))) <= 1.0 + 1e-5
+        return float(
+            torch.sqrt(sum((p.grad**2).sum() for p in model.decoders.parameters() if p.grad is not None))
+        )
+
+    assert clipped_decoder_norm(0.1, 1.0) == pytest.approx(0.1, rel=1e-4)
+    assert clipped_decoder_norm(0.1, 100.0) == pytest.approx(0.1, rel=1e-4)
+    assert clipped_decoder_norm(None, 100.0) < 0.1 * clipped_decoder_norm(None, 1.0)
+    run = run_script(tmp_path / "run", "decoder_grad_clip=0.1", "stages.0.steps=1", "stages.1.steps=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "grad_norm/probe" in hist[-1] and "grad_norm/probe" not in hist[0]  # stage 1 runs no decoder
+    for bad, match in (
+        (["decoder_grad_clip=0"], "> 0"),
+        (["decoder_grad_clip=0.1", "strategy=deepspeed"], "DeepSpeed"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load_train_config(HELPERS / "tiny_recipe.yaml", bad)
 
 
 def test_cosine_schedule():

@@ -71,6 +71,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
+    # Clip each decoder's gradient on its own at this norm (DETR-family decoders use 0.1) and the
+    # rest at grad_clip; unset = one global norm over everything (see training.stages.clip_sets).
+    decoder_grad_clip: float | None = None
     precision: str = "fp32"  # "fp32" | "bf16"
     seed: int = 0
     out_dir: str = "runs/default"
@@ -95,6 +98,14 @@ class TrainConfig:
                 raise ConfigError(
                     "micro_batch_tokens sizes micro-batches by length; it cannot be combined with "
                     "grad_accum > 1 or the deepspeed strategy (fixed micro-batch size): unset one"
+                )
+        if self.decoder_grad_clip is not None:
+            if self.decoder_grad_clip <= 0:
+                raise ConfigError(f"decoder_grad_clip must be > 0 (or unset), got {self.decoder_grad_clip}")
+            if self.strategy == "deepspeed":
+                raise ConfigError(
+                    "decoder_grad_clip clips the decoders apart from the LLM; DeepSpeed clips inside its "
+                    "engine (gradient_clipping in its JSON config): unset decoder_grad_clip"
                 )
         if not self.stages:
             raise ConfigError("the recipe needs at least one entry under 'stages'")

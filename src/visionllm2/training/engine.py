@@ -33,7 +33,7 @@ from visionllm2.training.distributed import (
     init_distributed,
     wrap_model,
 )
-from visionllm2.training.stages import build_optimizer
+from visionllm2.training.stages import build_optimizer, clip_gradients, clip_sets
 
 log = logging.getLogger("visionllm2.train")
 
@@ -157,6 +157,7 @@ class Trainer:
         else:
             wrapped = wrap_model(model, info, cfg.strategy)
         params = [p for g in opt.param_groups for p in g["params"]]
+        clips = clip_sets(model, params, cfg.grad_clip, cfg.decoder_grad_clip)
         bar = tqdm(
             total=stage.steps,
             initial=first,
@@ -189,8 +190,8 @@ class Trainer:
                         (out.loss * (batch.input_ids.shape[0] / share)).backward()
                 self._collect(window, out, batch)
             if engine is None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                window["grad_norm"].append(float(grad_norm))
+                for key, norm in clip_gradients(clips).items():
+                    window[key].append(norm)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)

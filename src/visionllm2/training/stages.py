@@ -79,6 +79,35 @@ def param_groups(model: nn.Module, stage: StageSpec, weight_decay: float) -> lis
     return groups
 
 
+def clip_sets(
+    model: nn.Module, params: list[nn.Parameter], grad_clip: float, decoder_grad_clip: float | None = None
+) -> list[tuple[str, list[nn.Parameter], float]]:
+    """Gradient-clipping sets: (log name, parameters, max norm).
+
+    With ``decoder_grad_clip`` unset, one set: every trained parameter clipped together at
+    ``grad_clip``. Set, each decoder (``decoders.<name>.*``) is clipped on its own at that norm
+    (0.1 in DETR and Grounding-DINO) and the rest (LLM, links, projector, vision, region) at
+    ``grad_clip``. Why: under one global norm the decoders' step shrinks whenever the LLM's or
+    the links' gradient grows, so their effective rate swings from step to step
+    (``benchmarks/pose_clipping.py``: pose through the links, keypoint AP 6-18 under one norm,
+    100 with the decoder clipped apart).
+    """
+    if decoder_grad_clip is None:
+        return [("grad_norm", list(params), grad_clip)]
+    trained = {id(p) for p in params}
+    sets: dict[str, list[nn.Parameter]] = {"grad_norm": []}
+    for name, p in model.named_parameters():
+        if id(p) in trained:
+            key = f"grad_norm/{name.split('.')[1]}" if name.startswith("decoders.") else "grad_norm"
+            sets.setdefault(key, []).append(p)
+    return [(k, ps, grad_clip if k == "grad_norm" else decoder_grad_clip) for k, ps in sets.items() if ps]
+
+
+def clip_gradients(sets: list[tuple[str, list[nn.Parameter], float]]) -> dict[str, float]:
+    """Clip each set to its max norm; returns each set's norm before clipping."""
+    return {k: float(torch.nn.utils.clip_grad_norm_(ps, max_norm)) for k, ps, max_norm in sets}
+
+
 def cosine_with_warmup(stage: StageSpec):
     """LR factor for step s of a stage: linear warm-up, then cosine to ``min_lr_ratio``."""
 
