@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from bench_decoders import SIZES
 from visionllm2.config import DecoderConfig, tiny_config
 from visionllm2.data.sample import Sample
 from visionllm2.data.synthetic.tasks import build_task
@@ -28,14 +29,10 @@ from visionllm2.modeling.builder import build_model
 from visionllm2.training.config import StageSpec
 from visionllm2.training.stages import clip_gradients, clip_sets, param_groups
 
+# The decoders' unit-test size (bench_decoders.py) with a keypoint stage.
 POSE = {
+    **SIZES["tiny"],
     "pixel_size": 128,
-    "backbone": {"type": "cnn", "channels": [16, 32, 48, 64]},
-    "hidden_dim": 64,
-    "num_heads": 4,
-    "ffn_dim": 128,
-    "num_encoder_layers": 2,
-    "num_decoder_layers": 2,
     "num_keypoint_layers": 2,
     "num_queries": 30,
     "category_names": ["person", "dog"],
