@@ -121,6 +121,9 @@ def test_decoder_gradients_clipped_apart(tmp_path):
     assert clipped_decoder_norm(0.1, 1.0) == pytest.approx(0.1, rel=1e-4)
     assert clipped_decoder_norm(0.1, 100.0) == pytest.approx(0.1, rel=1e-4)
     assert clipped_decoder_norm(None, 100.0) < 0.1 * clipped_decoder_norm(None, 1.0)
+    model = make_tiny()
+    with pytest.raises(ValueError, match="not the model's own"):
+        clip_sets(model, [*model.parameters(), torch.nn.Parameter(torch.zeros(1))], 1.0, 0.1)
     run = run_script(tmp_path / "run", "decoder_grad_clip=0.1", "stages.0.steps=1", "stages.1.steps=2")
     assert run.returncode == 0, run.stderr[-3000:]
     hist = json.loads((tmp_path / "run" / "history.json").read_text())

@@ -100,6 +100,11 @@ def clip_sets(
         if id(p) in trained:
             key = f"grad_norm/{name.split('.')[1]}" if name.startswith("decoders.") else "grad_norm"
             sets.setdefault(key, []).append(p)
+    if sum(len(ps) for ps in sets.values()) != len(trained):
+        raise ValueError(
+            "decoder_grad_clip: some optimised parameters are not the model's own (a wrapper "
+            "replaced them?); clip with grad_clip alone for this set-up"
+        )
     return [(k, ps, grad_clip if k == "grad_norm" else decoder_grad_clip) for k, ps in sets.items() if ps]
 
 
