@@ -291,13 +291,18 @@ def pope_sample(
     *,
     phrasing: T.Phrasing = "train",
     meta: dict[str, Any] | None = None,
+    short_suffix: str | None = None,
 ) -> Sample:
-    """POPE-style existence question; ``meta['answer']`` is ``"yes"`` or ``"no"``."""
+    """POPE-style existence question; ``meta['answer']`` is ``"yes"`` or ``"no"``. With
+    ``short_suffix`` (a short-answer instruction) the question ends with it and the answer is the
+    bare word, as POPE asks at evaluation."""
+    word = "yes" if present else "no"
     q = T.question("pope", rng, phrasing=phrasing, obj=obj, a_obj=T.article(obj))
-    a = T.answer("yes" if present else "no", rng, phrasing=phrasing)
-    return qa_sample(
-        image, q, a, task="pope", meta={"answer": "yes" if present else "no", "object": obj, **(meta or {})}
-    )
+    if short_suffix:
+        q, a = f"{q} {short_suffix}", word
+    else:
+        a = T.answer(word, rng, phrasing=phrasing)
+    return qa_sample(image, q, a, task="pope", meta={"answer": word, "object": obj, **(meta or {})})
 
 
 def multiple_choice_sample(

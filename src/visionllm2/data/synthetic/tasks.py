@@ -305,12 +305,12 @@ class _Ctx:
         return {"source": "synthetic", "scene_seed": self.scene.seed, "phrasing": self.phrasing, **extra}
 
 
-def _short(ctx: _Ctx, question: str) -> tuple[str, bool]:
-    """Append a short-answer instruction 30% of the time (then the answer is the bare word)."""
+def _short_suffix(ctx: _Ctx) -> str | None:
+    """A short-answer instruction 30% of the time (then the answer is the bare word), else None."""
     if ctx.rng.random() < 0.3:
         suffixes = T.SHORT_ANSWER_SUFFIXES
-        return f"{question} {suffixes[int(ctx.rng.integers(len(suffixes)))]}", True
-    return question, False
+        return suffixes[int(ctx.rng.integers(len(suffixes)))]
+    return None
 
 
 def _vqa_question(ctx: _Ctx, kind: str) -> tuple[str, str, dict[str, Any]]:
@@ -388,9 +388,9 @@ def _relation_question(ctx: _Ctx) -> tuple[str, str, dict[str, Any]]:
 def build_vqa(ctx: _Ctx, *, vqa_type: str | None = None) -> Sample:
     kind = vqa_type or VQA_TYPES[int(ctx.rng.integers(len(VQA_TYPES)))]
     q, ans, fields = _vqa_question(ctx, kind)
-    q, short = _short(ctx, q)
+    short = _short_suffix(ctx)
     if short:
-        a = ans
+        q, a = f"{q} {short}", ans
     elif kind == "relation":
         a = T.answer(ans, ctx.rng, phrasing=ctx.phrasing)
     else:
@@ -432,7 +432,13 @@ def build_pope(ctx: _Ctx, *, pope_type: str | None = None, present: bool | None 
             raise TaskNotApplicable("every object is present")
         obj = neg
     return B.pope_sample(
-        ctx.rendered.image, obj, want_present, rng, phrasing=ctx.phrasing, meta=ctx.meta(pope_type=kind)
+        ctx.rendered.image,
+        obj,
+        want_present,
+        rng,
+        phrasing=ctx.phrasing,
+        meta=ctx.meta(pope_type=kind),
+        short_suffix=_short_suffix(ctx),
     )
 
 
