@@ -22,11 +22,8 @@ from visionllm2.training.data import task_of, world_dataset
 TASKS = ("vqa", "pope", "mc", "region_recog", "caption")
 
 
-def answer_loss(model, samples, images: torch.Tensor | None = None) -> float:
-    """Mean LM loss per sample over ``samples``; ``images`` replaces the batch's pixels."""
-    batch = model.processor(samples)
-    if images is not None:
-        batch.pixel_values = images
+def answer_loss(model, batch) -> float:
+    """Mean LM loss per sample over the batch."""
     with torch.no_grad():
         out = model(batch, decoders=False)
     return float(out.lm_loss_per_sample.nanmean())
@@ -53,9 +50,10 @@ def main() -> None:
     print("| task | LM loss, own image | LM loss, another image | difference |")
     print("|---|---|---|---|")
     for t, samples in by_task.items():
-        own = answer_loss(model, samples)
-        pixels = model.processor(samples).pixel_values
-        other = answer_loss(model, samples, pixels.roll(1, dims=0))
+        batch = model.processor(samples)
+        own = answer_loss(model, batch)
+        batch.pixel_values = batch.pixel_values.roll(1, dims=0)
+        other = answer_loss(model, batch)
         print(f"| {t} | {own:.4f} | {other:.4f} | {other - own:+.4f} |")
     image_norm, text_norm, image_grad, text_grad = token_sizes(model, by_task["vqa"][:16])
     print(
