@@ -33,11 +33,16 @@ def _predictions(q: int, c: int, boxes: torch.Tensor, labels: torch.Tensor, slot
     return {"logits": logits, "boxes": out_boxes}
 
 
+def _one(out: dict) -> dict:
+    """One sample's outputs as the matcher's batch of one."""
+    return {k: v[None] for k, v in out.items()}
+
+
 def test_matcher_recovers_the_planted_assignment():
     boxes = torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.7, 0.6, 0.3, 0.2], [0.5, 0.8, 0.2, 0.1]])
     labels = torch.tensor([1, 0, 1])
     out = _predictions(6, 2, boxes, labels, slots=[4, 0, 2])
-    ((q, j),) = HungarianMatcher()([out], [{"labels": labels, "boxes": boxes}])
+    ((q, j),) = HungarianMatcher()(_one(out), [{"labels": labels, "boxes": boxes}])
     assert dict(zip(j.tolist(), q.tolist(), strict=True)) == {0: 4, 1: 0, 2: 2}
 
 
@@ -46,21 +51,56 @@ def test_matcher_is_optimal_against_brute_force():
     matcher = HungarianMatcher()
     out = {"logits": torch.randn(5, 3), "boxes": torch.rand(5, 4) * 0.5 + 0.1}
     tgt = {"labels": torch.tensor([0, 2, 1]), "boxes": torch.rand(3, 4) * 0.5 + 0.1}
-    cost = matcher.cost_matrix(out, tgt)
-    q, j = matcher.match_one(out, tgt)
+    cost = matcher.cost_matrix(_one(out), [tgt])[0]
+    ((q, j),) = matcher(_one(out), [tgt])
     best = min(sum(float(cost[p[k], k]) for k in range(3)) for p in itertools.permutations(range(5), 3))
     assert math.isclose(float(cost[q, j].sum()), best, rel_tol=1e-6)
 
 
 def test_matcher_empty_targets_and_bad_labels():
     matcher = HungarianMatcher()
-    out = {"logits": torch.randn(4, 2), "boxes": torch.rand(4, 4)}
-    q, j = matcher.match_one(out, {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)})
+    out = _one({"logits": torch.randn(4, 2), "boxes": torch.rand(4, 4)})
+    ((q, j),) = matcher(out, [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}])
     assert q.numel() == j.numel() == 0
     with pytest.raises(ValueError, match="out of range"):
-        matcher.cost_matrix(out, {"labels": torch.tensor([5]), "boxes": torch.rand(1, 4)})
+        matcher.cost_matrix(out, [{"labels": torch.tensor([5]), "boxes": torch.rand(1, 4)}])
     with pytest.raises(ValueError, match="2 targets"):
-        matcher([out], [{"labels": torch.tensor([0]), "boxes": torch.rand(1, 4)}] * 2)
+        matcher(out, [{"labels": torch.tensor([0]), "boxes": torch.rand(1, 4)}] * 2)
+    out["boxes"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        matcher(out, [{"labels": torch.tensor([0]), "boxes": torch.rand(1, 4)}])
+
+
+def test_batched_matching_equals_matching_each_sample_alone():
+    """Targets padded to the largest count must not change any sample's assignment or costs."""
+    torch.manual_seed(0)
+    matcher = HungarianMatcher(num_points=64)
+    s, q, c = 4, 6, 3
+    out = {
+        "logits": torch.randn(s, q, c),
+        "boxes": torch.rand(s, q, 4) * 0.5 + 0.1,
+        "masks": torch.randn(s, q, 8, 8),
+    }
+    targets = []
+    for n, with_masks in zip([3, 0, 1, 5], [True, False, True, False], strict=True):
+        t = {"labels": torch.randint(0, c, (n,)), "boxes": torch.rand(n, 4) * 0.5 + 0.1}
+        if with_masks:
+            t["masks"] = (torch.rand(n, 16, 16) > 0.5).float()
+            t["has_mask"] = torch.tensor([True, False, True][:n])
+        targets.append(t)
+    torch.manual_seed(1)
+    together = matcher(out, targets)
+    cost = matcher.cost_matrix(out, targets)
+    for i, t in enumerate(targets):
+        alone = {k: v[i : i + 1] for k, v in out.items()}
+        torch.manual_seed(1)  # the mask cost's random points, drawn the same way
+        ((qa, ja),) = matcher(alone, [t])
+        qb, jb = together[i]
+        assert qa.tolist() == qb.tolist() and ja.tolist() == jb.tolist()
+        assert qb.numel() == min(q, t["labels"].shape[0])
+        n = t["labels"].shape[0]
+        if n and "masks" not in t:  # no mask cost: the padded batch's costs equal the sample's own
+            assert torch.allclose(cost[i, :, :n], matcher.cost_matrix(alone, [t])[0])
 
 
 def test_mask_and_keypoint_costs_pick_the_right_query():
@@ -77,24 +117,26 @@ def test_mask_and_keypoint_costs_pick_the_right_query():
         "masks": gt_mask,
         "has_mask": torch.tensor([True]),
     }
-    assert matcher.match_one(out, tgt)[0].tolist() == [1]
+    out = _one(out)
+    assert matcher(out, [tgt])[0][0].tolist() == [1]
     # A target without a mask adds no mask cost at all.
     tgt["has_mask"] = torch.tensor([False])
-    assert torch.allclose(matcher.cost_matrix(out, tgt), torch.zeros(2, 1), atol=1e-5)
+    assert torch.allclose(matcher.cost_matrix(out, [tgt])[0], torch.zeros(2, 1), atol=1e-5)
 
     gt_kps = torch.tensor([[[0.2, 0.2, 2], [0.4, 0.3, 2], [0.9, 0.9, 0]]])
-    pred_kps = torch.stack([gt_kps[0, :, :2] + 0.2, gt_kps[0, :, :2]])[:, None]  # (Q, n, P, 2)
-    out = {"logits": torch.zeros(2, 1), "boxes": torch.rand(2, 4), "keypoints": pred_kps}
+    pred_kps = torch.stack([gt_kps[0, :, :2] + 0.2, gt_kps[0, :, :2]])[:, None]  # (Q, G, P, 2)
+    out = _one({"logits": torch.zeros(2, 1), "boxes": torch.rand(2, 4), "keypoints": pred_kps})
     tgt = {
         "labels": torch.tensor([0]),
         "boxes": torch.rand(1, 4),
         "keypoints": gt_kps,
         "areas": torch.tensor([0.04]),
         "sigmas": torch.full((1, 3), 0.05),
+        "group": torch.tensor([0]),
     }
-    cost = matcher.cost_matrix(out, tgt)
+    cost = matcher.cost_matrix(out, [tgt])[0]
     assert float(cost[1, 0]) == pytest.approx(0.0, abs=1e-5)  # exact keypoints: L1 0, OKS 1
-    assert matcher.match_one(out, tgt)[0].tolist() == [1]
+    assert matcher(out, [tgt])[0][0].tolist() == [1]
 
 
 def test_focal_and_dice_by_hand():

@@ -356,6 +356,15 @@ def test_dataset_is_deterministic_and_respects_the_split():
         SyntheticTaskDataset(num=1, weights={"nope": 1.0})
 
 
+def test_task_options_reach_the_builder_and_bad_ones_fail_early():
+    ds = SyntheticTaskDataset(num=8, seed=0, weights={"vqa": 1.0}, task_options={"vqa": {"vqa_type": "count"}})
+    assert {ds[i].meta["vqa_type"] for i in range(8)} == {"count"}
+    with pytest.raises(ValueError, match="unknown option"):
+        SyntheticTaskDataset(num=1, weights={"vqa": 1.0}, task_options={"vqa": {"type": "count"}})
+    with pytest.raises(ValueError, match="not drawn"):
+        SyntheticTaskDataset(num=1, weights={"vqa": 1.0}, task_options={"pope": {"present": True}})
+
+
 def test_samples_go_through_the_processor(scenes, stats):
     from visionllm2.data.conversation import get_template
     from visionllm2.data.tokenizer import add_visionllm2_tokens, byte_level_tokenizer

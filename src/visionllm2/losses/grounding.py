@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionllm2.losses.matcher import HungarianMatcher, Match
+from visionllm2.losses.matcher import HungarianMatcher, Match, PaddedTargets, pad_targets
 from visionllm2.ops.boxes import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from visionllm2.ops.masks import point_sample, uncertain_point_coords
 
@@ -90,18 +90,16 @@ class GroundingCriterion(nn.Module):
         return dict(GROUNDING_LOSS_WEIGHTS)
 
     # --- matching -------------------------------------------------------------------------
-    def matcher_inputs(
-        self, layer: dict[str, Any], s: int, target: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """The per-sample view of one layer's outputs that the matcher scores. All class columns
-        are kept: padding and unsupervised columns are never a target label, so never costed."""
-        out = {"logits": layer["logits"][s], "boxes": layer["boxes"][s]}
+    def matcher_inputs(self, layer: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The view of one layer's outputs that the matcher scores. All class columns are kept:
+        padding and unsupervised columns are never a target label, so never costed."""
+        out = {"logits": layer["logits"], "boxes": layer["boxes"]}
         if layer.get("masks") is not None:
-            out["masks"] = layer["masks"][s]
+            out["masks"] = layer["masks"]
         return out
 
-    def match(self, layer: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> list[Match]:
-        return self.matcher([self.matcher_inputs(layer, s, t) for s, t in enumerate(targets)], targets)
+    def match(self, layer: dict[str, Any], targets: PaddedTargets) -> list[Match]:
+        return self.matcher(self.matcher_inputs(layer), targets)
 
     # --- losses ---------------------------------------------------------------------------
     def layer_losses(
@@ -197,8 +195,9 @@ class GroundingCriterion(nn.Module):
         layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", []))]
         if outputs.get("enc") is not None:
             layers.append(("_enc", outputs["enc"]))
+        padded = pad_targets(targets)  # once for every layer's matching
         for suffix, layer in layers:
-            indices = self.match(layer, targets)
+            indices = self.match(layer, padded)
             losses.update(
                 self.weighted(self.layer_losses(layer, targets, indices, class_valid, num_boxes), suffix)
             )

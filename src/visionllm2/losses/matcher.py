@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from visionllm2.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
-from visionllm2.ops.keypoints import keypoint_oks
+from visionllm2.ops.keypoints import matched_keypoint_oks
 from visionllm2.ops.masks import point_sample
 
 Match = tuple[torch.Tensor, torch.Tensor]  # (query indices, target indices), both (m,) long
@@ -22,14 +26,17 @@ class HungarianMatcher(nn.Module):
     labelled keypoints + 1 - OKS, as ED-Pose/UniPose). Weights default to the paper's loss
     weights (ARCHITECTURE.md §2) so matching and training agree on what "close" means.
 
-    Inputs are per sample, because each sample names its own classes (open vocabulary):
+    The costs of all S samples are computed together, against targets padded to the largest n,
+    and copied to the CPU once for the assignment: a handful of batched kernels and one device
+    sync per call, whatever the number of samples (a per-sample loop made decoder training
+    launch-bound on a GPU). Each sample still names its own classes (open vocabulary):
 
-    - ``outputs[s]``: ``logits`` (Q, C) over that sample's class links, ``boxes`` (Q, 4)
-      normalised cxcywh, optionally ``masks`` (Q, h, w) logits and ``keypoints`` (Q, n, P, 2)
-      (each query's keypoints for each target's skeleton, normalised xy).
+    - ``outputs``: ``logits`` (S, Q, C) over each sample's class links, ``boxes`` (S, Q, 4)
+      normalised cxcywh, optionally ``masks`` (S, Q, h, w) logits and ``keypoints``
+      (S, Q, G, P, 2): each query's keypoints under each of G skeletons, normalised xy.
     - ``targets[s]``: ``labels`` (n,) long in [0, C), ``boxes`` (n, 4), optionally ``masks``
-      (n, H, W) float with ``has_mask`` (n,) bool, and ``keypoints`` (n, P, 3) with ``areas`` (n,)
-      and ``sigmas`` (n, P).
+      (n, H, W) float with ``has_mask`` (n,) bool, and ``keypoints`` (n, P, 3) with ``areas``
+      (n,), ``sigmas`` (n, P) and ``group`` (n,), the skeleton (index into G) of each target.
 
     Returns one (query indices, target indices) pair per sample, ``min(Q, n)`` long.
     """
@@ -62,82 +69,149 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
+        self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]] | PaddedTargets
     ) -> list[Match]:
-        if len(outputs) != len(targets):
-            raise ValueError(f"matcher got {len(outputs)} predictions but {len(targets)} targets")
-        return [self.match_one(out, tgt) for out, tgt in zip(outputs, targets, strict=True)]
+        padded = targets if isinstance(targets, PaddedTargets) else pad_targets(targets)
+        if not max(padded.sizes):  # nothing to match (and possibly no class column to score)
+            empty = torch.zeros(0, dtype=torch.long, device=outputs["boxes"].device)
+            return [(empty, empty) for _ in padded.sizes]
+        cost = self.cost_matrix(outputs, padded).cpu()  # the one sync
+        matches: list[tuple[np.ndarray, np.ndarray]] = []
+        for s, n in enumerate(padded.sizes):
+            block = cost[s, :, :n].numpy()
+            if not np.isfinite(block).all():
+                raise ValueError("matching cost has NaN/inf entries: check the decoder outputs for NaN")
+            matches.append(linear_sum_assignment(block) if block.size else (np.zeros(0), np.zeros(0)))
+        counts = [len(rows) for rows, _ in matches]
+        flat = np.concatenate([np.concatenate([rows, cols]) for rows, cols in matches])
+        parts = (
+            torch.as_tensor(flat, dtype=torch.long).to(outputs["boxes"].device).split([2 * c for c in counts])
+        )
+        return [(p[:c], p[c:]) for p, c in zip(parts, counts, strict=True)]
 
     @torch.no_grad()
-    def cost_matrix(self, out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(Q, n) matching cost of one sample."""
-        labels = tgt["labels"]
-        logits = out["logits"].float()
-        if labels.numel() and int(labels.max()) >= logits.shape[1]:
-            raise ValueError(f"target label {int(labels.max())} out of range for {logits.shape[1]} classes")
-        prob = logits.sigmoid()[:, labels]  # (Q, n)
+    def cost_matrix(
+        self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]] | PaddedTargets
+    ) -> torch.Tensor:
+        """(S, Q, N) matching costs, N the largest target count; columns past a sample's own n
+        are padding (their values mean nothing)."""
+        tgt = targets if isinstance(targets, PaddedTargets) else pad_targets(targets)
+        logits = outputs["logits"].float()
+        if len(tgt.sizes) != logits.shape[0]:
+            raise ValueError(f"matcher got {logits.shape[0]} predictions but {len(tgt.sizes)} targets")
+        if tgt.max_label >= logits.shape[2]:
+            raise ValueError(f"target label {tgt.max_label} out of range for {logits.shape[2]} classes")
+        q = logits.shape[1]
+        prob = logits.sigmoid().gather(2, tgt.labels[:, None, :].expand(-1, q, -1))  # (S, Q, N)
         # Focal-style class cost (Deformable DETR): reward confidence in the right class as the
         # focal loss would, so matching does not fight the loss.
         neg = (1 - self.focal_alpha) * prob**self.focal_gamma * -(1 - prob + 1e-8).log()
         pos = self.focal_alpha * (1 - prob) ** self.focal_gamma * -(prob + 1e-8).log()
         cost = self.cost_class * (pos - neg)
 
-        boxes = out["boxes"].float()
-        tgt_boxes = tgt["boxes"].float()
-        cost = cost + self.cost_bbox * torch.cdist(boxes, tgt_boxes, p=1)
+        boxes = outputs["boxes"].float()
+        cost = cost + self.cost_bbox * torch.cdist(boxes, tgt.boxes, p=1)
         cost = cost - self.cost_giou * generalized_box_iou(
-            box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes)
+            box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt.boxes)
         )
-
-        if out.get("masks") is not None and tgt.get("masks") is not None:
-            cost = cost + self._mask_cost(out["masks"], tgt["masks"], tgt["has_mask"])
-        if out.get("keypoints") is not None and tgt.get("keypoints") is not None:
-            cost = cost + self._keypoint_cost(out["keypoints"], tgt)
+        if outputs.get("masks") is not None and tgt.masks is not None:
+            cost = cost + self._mask_cost(outputs["masks"], tgt)
+        if outputs.get("keypoints") is not None and tgt.keypoints is not None:
+            cost = cost + self._keypoint_cost(outputs["keypoints"], tgt)
         return cost
 
-    @torch.no_grad()
-    def match_one(self, out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> Match:
-        device = out["boxes"].device
-        n = tgt["labels"].shape[0]
-        if n == 0 or out["boxes"].shape[0] == 0:
-            empty = torch.zeros(0, dtype=torch.long, device=device)
-            return empty, empty
-        cost = self.cost_matrix(out, tgt)
-        if not torch.isfinite(cost).all():
-            raise ValueError("matching cost has NaN/inf entries: check the decoder outputs for NaN")
-        rows, cols = linear_sum_assignment(cost.cpu().numpy())
-        return (
-            torch.as_tensor(rows, dtype=torch.long, device=device),
-            torch.as_tensor(cols, dtype=torch.long, device=device),
-        )
-
-    def _mask_cost(self, pred: torch.Tensor, tgt: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+    def _mask_cost(self, pred: torch.Tensor, tgt: PaddedTargets) -> torch.Tensor:
+        s, q = pred.shape[:2]
+        n = tgt.labels.shape[1]
         # The same random points for every pair keep the (Q, n) costs comparable.
         coords = torch.rand(1, self.num_points, 2, device=pred.device)
-        p = point_sample(pred[:, None].float(), coords.expand(pred.shape[0], -1, -1))[:, 0]  # (Q, P)
-        t = point_sample(tgt[:, None].float(), coords.expand(tgt.shape[0], -1, -1))[:, 0]  # (n, P)
+        p = point_sample(pred.flatten(0, 1)[:, None].float(), coords.expand(s * q, -1, -1)).view(s, q, -1)
+        t = point_sample(tgt.masks.flatten(0, 1)[:, None], coords.expand(s * n, -1, -1)).view(s, n, -1)
         # BCE with logits, split into the positive and negative terms so it factorises into a matmul.
         pos = nn.functional.binary_cross_entropy_with_logits(p, torch.ones_like(p), reduction="none")
         neg = nn.functional.binary_cross_entropy_with_logits(p, torch.zeros_like(p), reduction="none")
-        bce = (pos @ t.T + neg @ (1 - t).T) / p.shape[1]
-        s = p.sigmoid()
-        dice = 1 - (2 * s @ t.T + 1) / (s.sum(-1)[:, None] + t.sum(-1)[None, :] + 1)
+        t_t = t.transpose(1, 2)
+        bce = (pos @ t_t + neg @ (1 - t_t)) / p.shape[-1]  # (S, Q, N)
+        sig = p.sigmoid()
+        dice = 1 - (2 * sig @ t_t + 1) / (sig.sum(-1)[..., None] + t.sum(-1)[:, None, :] + 1)
         # Targets without a mask (box-only annotations) add no mask cost.
-        return (self.cost_mask * bce + self.cost_dice * dice) * has_mask[None, :].float()
+        return (self.cost_mask * bce + self.cost_dice * dice) * tgt.has_mask[:, None, :].float()
 
-    def _keypoint_cost(self, pred: torch.Tensor, tgt: dict[str, torch.Tensor]) -> torch.Tensor:
-        gt = tgt["keypoints"].float()  # (n, P, 3)
-        if pred.dim() == 3:  # (Q, P, 2): one skeleton shared by every target
-            pred = pred[:, None].expand(-1, gt.shape[0], -1, -1)
-        visible = (gt[..., 2] > 0).float()  # (n, P)
-        l1 = ((pred.float() - gt[None, ..., :2]).abs().sum(-1) * visible[None]).sum(-1)  # (Q, n)
-        oks = torch.stack(
-            [
-                keypoint_oks(
-                    pred[:, j].float(), gt[j : j + 1], tgt["areas"][j : j + 1], tgt["sigmas"][j : j + 1]
-                )[:, 0]
-                for j in range(gt.shape[0])
-            ],
-            dim=1,
-        )  # (Q, n)
+    def _keypoint_cost(self, pred: torch.Tensor, tgt: PaddedTargets) -> torch.Tensor:
+        s, q, _, p, _ = pred.shape
+        n = tgt.labels.shape[1]
+        # Every query's keypoints under each target's own skeleton: (S, Q, N, P, 2).
+        per_target = pred.float().gather(2, tgt.group[:, None, :, None, None].expand(-1, q, -1, p, 2))
+        gt = tgt.keypoints  # (S, N, P, 3)
+        visible = (gt[..., 2] > 0).float()  # (S, N, P)
+        l1 = ((per_target - gt[:, None, ..., :2]).abs().sum(-1) * visible[:, None]).sum(-1)  # (S, Q, N)
+        oks = matched_keypoint_oks(
+            per_target.flatten(0, 2),
+            gt[:, None].expand(-1, q, -1, -1, -1).flatten(0, 2),
+            tgt.areas[:, None].expand(-1, q, -1).flatten(),
+            tgt.sigmas[:, None].expand(-1, q, -1, -1).flatten(0, 2),
+        ).view(s, q, n)
         return self.cost_keypoints * l1 + self.cost_oks * (1 - oks)
+
+
+@dataclass
+class PaddedTargets:
+    """Per-sample targets stacked to (S, N, ...), N the largest count (at least 1); rows past a
+    sample's own count are filler that no cost the matcher reads depends on. ``masks`` is set
+    when any sample has masks (zeros and ``has_mask`` False elsewhere), ``keypoints`` (with
+    ``areas``, ``sigmas``, ``group``) when every sample has keypoints."""
+
+    sizes: list[int]
+    max_label: int
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    masks: torch.Tensor | None = None
+    has_mask: torch.Tensor | None = None
+    keypoints: torch.Tensor | None = None
+    areas: torch.Tensor | None = None
+    sigmas: torch.Tensor | None = None
+    group: torch.Tensor | None = None
+
+
+def pad_targets(targets: list[dict[str, torch.Tensor]]) -> PaddedTargets:
+    """Stack the targets of S samples once; a criterion reuses the result for every layer it matches."""
+    if not targets:
+        raise ValueError("the matcher needs at least one sample")
+    sizes = [int(t["labels"].shape[0]) for t in targets]
+    n = max(sizes + [1])
+    labels = _stack([t["labels"] for t in targets], n, 0)
+    out = PaddedTargets(
+        sizes=sizes,
+        max_label=int(labels.max()) if max(sizes) else -1,
+        labels=labels,
+        boxes=_stack([t["boxes"].float() for t in targets], n, 0.5),  # filler: the whole image
+    )
+    with_masks = [t["masks"] for t in targets if t.get("masks") is not None]
+    if with_masks:
+        none = labels.new_zeros(0, *with_masks[0].shape[-2:], dtype=torch.float32)
+        out.masks = _stack([none if t.get("masks") is None else t["masks"].float() for t in targets], n, 0.0)
+        out.has_mask = _stack(
+            [
+                none.new_zeros(0, dtype=torch.bool) if t.get("masks") is None else t["has_mask"]
+                for t in targets
+            ],
+            n,
+            False,
+        )
+    with_keypoints = sum(t.get("keypoints") is not None for t in targets)
+    if with_keypoints and with_keypoints < len(targets):
+        raise ValueError("either every sample's targets carry keypoints or none do")
+    if with_keypoints:
+        out.keypoints = _stack([t["keypoints"].float() for t in targets], n, 0.0)
+        out.areas = _stack([t["areas"].float() for t in targets], n, 1.0)
+        out.sigmas = _stack([t["sigmas"].float() for t in targets], n, 1.0)
+        out.group = _stack([t["group"] for t in targets], n, 0)
+    return out
+
+
+def _stack(rows: list[torch.Tensor], n: int, value: float) -> torch.Tensor:
+    """(n_i, ...) tensors -> (S, n, ...), rows past each n_i set to ``value``."""
+    out = pad_sequence(rows, batch_first=True, padding_value=value)
+    if out.shape[1] < n:  # every row empty
+        out = torch.cat([out, out.new_full((len(rows), n - out.shape[1], *out.shape[2:]), value)], 1)
+    return out

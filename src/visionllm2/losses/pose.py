@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from visionllm2.losses.grounding import GroundingCriterion
-from visionllm2.losses.matcher import Match
+from visionllm2.losses.matcher import Match, pad_targets
 from visionllm2.ops.keypoints import matched_keypoint_oks
 
 # Paper defaults (ARCHITECTURE.md §2): class 2, L1 box 5, GIoU 2, keypoint L1 10, OKS 4. The
@@ -43,17 +43,10 @@ class PoseCriterion(GroundingCriterion):
     def default_weights(cls) -> dict[str, float]:
         return dict(POSE_LOSS_WEIGHTS)
 
-    @staticmethod
-    def _per_target_keypoints(layer: dict[str, Any], s: int, target: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(Q, n, P, 2): every query's keypoints under each target's own skeleton."""
-        return layer["keypoints"][s][:, target["group"]]
-
-    def matcher_inputs(
-        self, layer: dict[str, Any], s: int, target: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        out = super().matcher_inputs(layer, s, target)
+    def matcher_inputs(self, layer: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = super().matcher_inputs(layer)
         if layer.get("keypoints") is not None:
-            out["keypoints"] = self._per_target_keypoints(layer, s, target)
+            out["keypoints"] = layer["keypoints"]  # (S, Q, G, P, 2): targets pick their skeleton
         return out
 
     def layer_losses(
@@ -105,7 +98,8 @@ class PoseCriterion(GroundingCriterion):
         num_boxes = max(float(sum(t["labels"].shape[0] for t in targets)), 1.0)
         losses: dict[str, torch.Tensor] = {}
         # Final outputs: matched on class, box and keypoints together (UniPose's matcher).
-        indices = self.match(outputs, targets)
+        padded = pad_targets(targets)  # once for every layer's matching
+        indices = self.match(outputs, padded)
         losses.update(self.weighted(self.layer_losses(outputs, targets, indices, class_valid, num_boxes), ""))
         # Earlier keypoint layers refine the same instances: score them with the final assignment.
         for i, aux in enumerate(outputs.get("keypoint_aux", [])):
@@ -115,7 +109,7 @@ class PoseCriterion(GroundingCriterion):
         if outputs.get("enc") is not None:
             layers.append(("_enc", outputs["enc"]))
         for suffix, layer in layers:
-            aux_indices = self.match(layer, targets)
+            aux_indices = self.match(layer, padded)
             losses.update(
                 self.weighted(self.layer_losses(layer, targets, aux_indices, class_valid, num_boxes), suffix)
             )

@@ -25,25 +25,27 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes -> ((N, M) IoU, (N, M) union area)."""
+    """Pairwise IoU of (..., N, 4) and (..., M, 4) xyxy boxes -> ((..., N, M) IoU, (..., N, M) union
+    area); leading dimensions are a batch (one N x M matrix each)."""
     area1, area2 = box_area(boxes1), box_area(boxes2)
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)  # (N, M)
-    union = area1[:, None] + area2[None, :] - inter
+    top_left = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (..., N, M, 2)
+    bottom_right = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # (..., N, M, 2)
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)  # (..., N, M)
+    union = area1[..., :, None] + area2[..., None, :] - inter
     return inter / union.clamp(min=1e-12), union
 
 
 def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise generalised IoU (Rezatofighi et al. 2019) of (N, 4) and (M, 4) xyxy -> (N, M).
+    """Pairwise generalised IoU (Rezatofighi et al. 2019) of (..., N, 4) and (..., M, 4) xyxy ->
+    (..., N, M).
 
     GIoU stays informative when boxes do not overlap (IoU is then flat 0), which is why DETR-style
     set losses use it next to L1.
     """
     iou, union = box_iou(boxes1, boxes2)
-    top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    hull = (bottom_right - top_left).clamp(min=0).prod(-1)  # (N, M)
+    top_left = torch.min(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    bottom_right = torch.max(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    hull = (bottom_right - top_left).clamp(min=0).prod(-1)  # (..., N, M)
     return iou - (hull - union) / hull.clamp(min=1e-12)
 
 

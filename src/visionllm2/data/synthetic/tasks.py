@@ -9,6 +9,7 @@ Referring expressions are built from the scene and checked to pick out exactly o
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -766,6 +767,8 @@ class SyntheticTaskDataset:
 
     ``exclude_pairs`` keeps (kind, colour) pairs out (training side of the compositional
     split); ``require_pairs`` puts one of them in every scene (held-out side).
+    ``task_options`` passes options to one task's builder (see :func:`build_task`), e.g.
+    ``{"vqa": {"vqa_type": "colour"}}`` for colour questions only.
     """
 
     def __init__(
@@ -779,6 +782,7 @@ class SyntheticTaskDataset:
         stats: B.ObjectStats | None = None,
         exclude_pairs: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
         require_pairs: tuple[tuple[str, str], ...] = (),
+        task_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         if num < 1:
             raise ValueError(f"num must be at least 1, got {num}")
@@ -797,6 +801,17 @@ class SyntheticTaskDataset:
         self.phrasing, self.stats = phrasing, stats
         self.exclude_pairs = frozenset(exclude_pairs)
         self.require_pairs = tuple(require_pairs)
+        self.task_options = dict(task_options or {})
+        stray = set(self.task_options) - set(self.tasks)
+        if stray:
+            raise ValueError(
+                f"task_options name task(s) {sorted(stray)} that are not drawn (weights {weights})"
+            )
+        for task, opts in self.task_options.items():
+            known = [k for k in inspect.signature(_BUILDERS[task]).parameters if k != "ctx"]
+            unknown_opts = sorted(set(opts) - set(known))
+            if unknown_opts:
+                raise ValueError(f"task_options[{task!r}]: unknown option(s) {unknown_opts}; known: {known}")
 
     def __len__(self) -> int:
         return self.num
@@ -836,6 +851,7 @@ class SyntheticTaskDataset:
                     stats=self.stats,
                     config=self.config,
                     exclude_pairs=self.exclude_pairs,
+                    **self.task_options.get(self.tasks[int(i)], {}),
                 )
             except TaskNotApplicable:
                 continue
