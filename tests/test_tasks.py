@@ -357,7 +357,9 @@ def test_dataset_is_deterministic_and_respects_the_split():
 
 
 def test_task_options_reach_the_builder_and_bad_ones_fail_early():
-    ds = SyntheticTaskDataset(num=8, seed=0, weights={"vqa": 1.0}, task_options={"vqa": {"vqa_type": "count"}})
+    ds = SyntheticTaskDataset(
+        num=8, seed=0, weights={"vqa": 1.0}, task_options={"vqa": {"vqa_type": "count"}}
+    )
     assert {ds[i].meta["vqa_type"] for i in range(8)} == {"count"}
     with pytest.raises(ValueError, match="unknown option"):
         SyntheticTaskDataset(num=1, weights={"vqa": 1.0}, task_options={"vqa": {"type": "count"}})

@@ -93,6 +93,21 @@ def test_default_recipe_builds_and_trains_every_decoder():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dec.parameters()), name
 
 
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_recipe_loads_and_its_datasets_build(recipe):
+    """A typo in a recipe's dataset arguments or stage weights fails here, not on a rented GPU."""
+    from visionllm2.training.data import build_dataset
+
+    cfg = load_train_config(recipe)
+    for spec in cfg.data:
+        ds = build_dataset(spec)
+        assert ds[0].conversation  # the first item builds
+    for stage in cfg.stages:
+        assert any(stage.weights.get(d.name, d.weight) > 0 for d in cfg.data), stage.name
+
+
 def test_decoder_gradients_clipped_apart(tmp_path):
     """decoder_grad_clip: each decoder's gradient is clipped to its own norm, whatever the LLM's
     gradient; unset, one norm over everything couples them. The trainer logs each norm."""
