@@ -33,6 +33,15 @@ def sigmoid_focal_loss(
     return loss
 
 
+def flatten_matches(indices: list[Match]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (query, target) index pairs -> flat (sample, query, target) index tensors,
+    with a fixed number of ops whatever the number of samples."""
+    counts = torch.tensor([q.shape[0] for q, _ in indices])
+    device = indices[0][0].device
+    batch_idx = torch.repeat_interleave(torch.arange(len(indices)), counts).to(device)
+    return batch_idx, torch.cat([q for q, _ in indices]), torch.cat([j for _, j in indices])
+
+
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(m, P) point logits and soft targets -> (m,) 1 - Dice coefficient (Milletari et al. 2016)."""
     prob = logits.sigmoid()
@@ -105,17 +114,15 @@ class GroundingCriterion(nn.Module):
     def layer_losses(
         self,
         layer: dict[str, Any],
-        targets: list[dict[str, torch.Tensor]],
+        targets: PaddedTargets,
         indices: list[Match],
         class_valid: torch.Tensor,
         num_boxes: float,
     ) -> dict[str, torch.Tensor]:
         """Unweighted losses of one set of predictions given its assignment."""
         logits = layer["logits"]
-        device = logits.device
-        batch_idx = torch.cat([torch.full_like(q, s) for s, (q, _) in enumerate(indices)])
-        query_idx = torch.cat([q for q, _ in indices])
-        labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
+        batch_idx, query_idx, target_idx = flatten_matches(indices)
+        labels = targets.labels[batch_idx, target_idx]
 
         # Class: every (query, class link) pair is a binary decision; unmatched queries are all-0.
         onehot = torch.zeros_like(logits)
@@ -127,42 +134,35 @@ class GroundingCriterion(nn.Module):
         losses = {"class": focal.sum() / num_boxes}
 
         src_boxes = layer["boxes"][batch_idx, query_idx]  # (m, 4)
-        tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)]).to(
-            src_boxes
-        )
+        tgt_boxes = targets.boxes[batch_idx, target_idx].to(src_boxes)
         losses["bbox"] = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
         giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(tgt_boxes))
         losses["giou"] = (1 - giou).sum() / num_boxes
 
         if layer.get("masks") is not None:
-            losses.update(self.mask_losses(layer["masks"], targets, indices, batch_idx, query_idx, device))
+            losses.update(self.mask_losses(layer["masks"], targets, batch_idx, query_idx, target_idx))
         return losses
 
     def mask_losses(
         self,
         masks: torch.Tensor,
-        targets: list[dict[str, torch.Tensor]],
-        indices: list[Match],
+        targets: PaddedTargets,
         batch_idx: torch.Tensor,
         query_idx: torch.Tensor,
-        device: torch.device,
+        target_idx: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Point-sampled BCE + dice on matched queries whose target has a mask."""
-        tgt_masks, keep = [], []
-        for t, (_, j) in zip(targets, indices, strict=True):
-            if t.get("masks") is None:
-                keep.append(torch.zeros_like(j, dtype=torch.bool))
-                continue
-            has = t["has_mask"][j]
-            keep.append(has)
-            tgt_masks.append(t["masks"][j[has]])
-        keep_t = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=device)
-        if not tgt_masks or not keep_t.any():
+        keep = (
+            targets.has_mask[batch_idx, target_idx]
+            if targets.masks is not None
+            else torch.zeros_like(batch_idx, dtype=torch.bool)
+        )
+        if not keep.any():
             # Keep the graph connected so every mask parameter still receives a (zero) gradient.
             zero = masks.sum() * 0.0
             return {"mask": zero, "dice": zero}
-        src = masks[batch_idx[keep_t], query_idx[keep_t]][:, None]  # (m, 1, h, w)
-        tgt = torch.cat(tgt_masks)[:, None].to(src)  # (m, 1, H, W)
+        src = masks[batch_idx[keep], query_idx[keep]][:, None]  # (m, 1, h, w)
+        tgt = targets.masks[batch_idx[keep], target_idx[keep]][:, None].to(src)  # (m, 1, H, W)
         with torch.no_grad():
             coords = uncertain_point_coords(
                 src.float(),
@@ -195,11 +195,11 @@ class GroundingCriterion(nn.Module):
         layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", []))]
         if outputs.get("enc") is not None:
             layers.append(("_enc", outputs["enc"]))
-        padded = pad_targets(targets)  # once for every layer's matching
+        padded = pad_targets(targets)  # once for every layer's matching and losses
         for suffix, layer in layers:
             indices = self.match(layer, padded)
             losses.update(
-                self.weighted(self.layer_losses(layer, targets, indices, class_valid, num_boxes), suffix)
+                self.weighted(self.layer_losses(layer, padded, indices, class_valid, num_boxes), suffix)
             )
         dn = outputs.get("dn")
         if dn is not None:
@@ -210,6 +210,6 @@ class GroundingCriterion(nn.Module):
                 (f"_dn_{i}", aux) for i, aux in enumerate(dn.get("aux", []))
             ]:
                 losses.update(
-                    self.weighted(self.layer_losses(layer, targets, indices, class_valid, num_dn), suffix)
+                    self.weighted(self.layer_losses(layer, padded, indices, class_valid, num_dn), suffix)
                 )
         return losses

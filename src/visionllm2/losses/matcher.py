@@ -159,7 +159,8 @@ class PaddedTargets:
     """Per-sample targets stacked to (S, N, ...), N the largest count (at least 1); rows past a
     sample's own count are filler that no cost the matcher reads depends on. ``masks`` is set
     when any sample has masks (zeros and ``has_mask`` False elsewhere), ``keypoints`` (with
-    ``areas``, ``sigmas``, ``group``) when every sample has keypoints."""
+    ``areas``, ``sigmas``, ``group`` and, where given, ``keypoint_valid``) when every sample has
+    keypoints."""
 
     sizes: list[int]
     max_label: int
@@ -171,6 +172,7 @@ class PaddedTargets:
     areas: torch.Tensor | None = None
     sigmas: torch.Tensor | None = None
     group: torch.Tensor | None = None
+    keypoint_valid: torch.Tensor | None = None
 
 
 def pad_targets(targets: list[dict[str, torch.Tensor]]) -> PaddedTargets:
@@ -206,6 +208,8 @@ def pad_targets(targets: list[dict[str, torch.Tensor]]) -> PaddedTargets:
         out.areas = _stack([t["areas"].float() for t in targets], n, 1.0)
         out.sigmas = _stack([t["sigmas"].float() for t in targets], n, 1.0)
         out.group = _stack([t["group"] for t in targets], n, 0)
+        if all(t.get("keypoint_valid") is not None for t in targets):
+            out.keypoint_valid = _stack([t["keypoint_valid"] for t in targets], n, False)
     return out
 
 

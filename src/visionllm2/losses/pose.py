@@ -7,8 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from visionllm2.losses.grounding import GroundingCriterion
-from visionllm2.losses.matcher import Match, pad_targets
+from visionllm2.losses.grounding import GroundingCriterion, flatten_matches
+from visionllm2.losses.matcher import Match, PaddedTargets, pad_targets
 from visionllm2.ops.keypoints import matched_keypoint_oks
 
 # Paper defaults (ARCHITECTURE.md §2): class 2, L1 box 5, GIoU 2, keypoint L1 10, OKS 4. The
@@ -52,7 +52,7 @@ class PoseCriterion(GroundingCriterion):
     def layer_losses(
         self,
         layer: dict[str, Any],
-        targets: list[dict[str, torch.Tensor]],
+        targets: PaddedTargets,
         indices: list[Match],
         class_valid: torch.Tensor,
         num_boxes: float,
@@ -67,27 +67,24 @@ class PoseCriterion(GroundingCriterion):
     def keypoint_losses(
         self,
         layer: dict[str, Any],
-        targets: list[dict[str, torch.Tensor]],
+        targets: PaddedTargets,
         indices: list[Match],
         num_boxes: float,
     ) -> dict[str, torch.Tensor]:
-        pred, vis, gt, areas, sigmas, valid = [], [], [], [], [], []
-        for s, (t, (q, j)) in enumerate(zip(targets, indices, strict=True)):
-            g = t["group"][j]
-            pred.append(layer["keypoints"][s][q, g])  # (m, P, 2)
-            vis.append(layer["visibility"][s][q, g])  # (m, P)
-            gt.append(t["keypoints"][j])
-            areas.append(t["areas"][j])
-            sigmas.append(t["sigmas"][j])
-            valid.append(t["keypoint_valid"][j])
-        pred_t, vis_t, gt_t = torch.cat(pred), torch.cat(vis), torch.cat(gt).to(pred[0])
-        valid_t = torch.cat(valid)
-        if pred_t.shape[0] == 0:
+        batch_idx, query_idx, target_idx = flatten_matches(indices)
+        if batch_idx.shape[0] == 0:
             zero = layer["keypoints"].sum() * 0.0 + layer["visibility"].sum() * 0.0
             return {"keypoints": zero, "oks": zero, "visibility": zero}
+        group = targets.group[batch_idx, target_idx]
+        pred_t = layer["keypoints"][batch_idx, query_idx, group]  # (m, P, 2)
+        vis_t = layer["visibility"][batch_idx, query_idx, group]  # (m, P)
+        gt_t = targets.keypoints[batch_idx, target_idx].to(pred_t)  # (m, P, 3)
+        valid_t = targets.keypoint_valid[batch_idx, target_idx].to(pred_t)
+        areas = targets.areas[batch_idx, target_idx].to(pred_t)
+        sigmas = targets.sigmas[batch_idx, target_idx].to(pred_t)
         labelled = (gt_t[..., 2] > 0).to(pred_t.dtype)  # (m, P)
         l1 = ((pred_t - gt_t[..., :2]).abs().sum(-1) * labelled).sum() / num_boxes
-        oks = matched_keypoint_oks(pred_t, gt_t, torch.cat(areas).to(pred_t), torch.cat(sigmas).to(pred_t))
+        oks = matched_keypoint_oks(pred_t, gt_t, areas, sigmas)
         bce = F.binary_cross_entropy_with_logits(vis_t, labelled, reduction="none") * valid_t
         visibility = (bce.sum(-1) / valid_t.sum(-1).clamp(min=1)).sum() / num_boxes
         return {"keypoints": l1, "oks": (1 - oks).sum() / num_boxes, "visibility": visibility}
@@ -98,12 +95,12 @@ class PoseCriterion(GroundingCriterion):
         num_boxes = max(float(sum(t["labels"].shape[0] for t in targets)), 1.0)
         losses: dict[str, torch.Tensor] = {}
         # Final outputs: matched on class, box and keypoints together (UniPose's matcher).
-        padded = pad_targets(targets)  # once for every layer's matching
+        padded = pad_targets(targets)  # once for every layer's matching and losses
         indices = self.match(outputs, padded)
-        losses.update(self.weighted(self.layer_losses(outputs, targets, indices, class_valid, num_boxes), ""))
+        losses.update(self.weighted(self.layer_losses(outputs, padded, indices, class_valid, num_boxes), ""))
         # Earlier keypoint layers refine the same instances: score them with the final assignment.
         for i, aux in enumerate(outputs.get("keypoint_aux", [])):
-            losses.update(self.weighted(self.keypoint_losses(aux, targets, indices, num_boxes), f"_kp{i}"))
+            losses.update(self.weighted(self.keypoint_losses(aux, padded, indices, num_boxes), f"_kp{i}"))
         # Earlier instance layers and the encoder proposals: class + box only, matched anew.
         layers = [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", []))]
         if outputs.get("enc") is not None:
@@ -111,6 +108,6 @@ class PoseCriterion(GroundingCriterion):
         for suffix, layer in layers:
             aux_indices = self.match(layer, padded)
             losses.update(
-                self.weighted(self.layer_losses(layer, targets, aux_indices, class_valid, num_boxes), suffix)
+                self.weighted(self.layer_losses(layer, padded, aux_indices, class_valid, num_boxes), suffix)
             )
         return losses
