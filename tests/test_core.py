@@ -307,6 +307,31 @@ def test_greedy_cached_equals_uncached(photos):
         assert single[0].text == a[i].text
 
 
+def test_preallocated_cache_matches_dynamic_cache_through_growth():
+    """Writes into spare room and reallocations (reserve 3, then doubling) return exactly the
+    keys/values that transformers' concatenating cache does; other layer kinds get its cache."""
+    from transformers import DynamicCache
+
+    from visionllm2.inference.cache import preallocated_cache
+
+    config = make_tiny().llm.config
+    ours, theirs = preallocated_cache(config, reserve=3), DynamicCache(config=config)
+    heads, dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    torch.manual_seed(0)
+    for n in (5, 1, 1, 4, 1, 9):  # prompt, tokens, a link's queries, a long append
+        for layer in range(config.num_hidden_layers):
+            k, v = torch.randn(2, heads, n, dim), torch.randn(2, heads, n, dim)
+            for got, want in zip(ours.update(k, v, layer), theirs.update(k, v, layer), strict=True):
+                assert torch.equal(got, want)
+    assert ours.get_seq_length() == theirs.get_seq_length() == 21
+    sliding = config.__class__(
+        **{**config.to_dict(), "layer_types": ["sliding_attention"] * 2, "sliding_window": 4}
+    )
+    assert isinstance(preallocated_cache(sliding, reserve=3), DynamicCache)
+    with pytest.raises(ValueError, match="reserve"):
+        preallocated_cache(config, reserve=-1)
+
+
 def test_generate_runs_decoder_and_returns_typed_result(photos):
     model = _routing_happy(make_tiny(seed=4)).eval()
     # Keep only [DET] boosted so links route to the probe decoder.

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
 
 from visionllm2.data.processor import Batch
+from visionllm2.inference.cache import preallocated_cache
 from visionllm2.inference.results import Result
 
 if TYPE_CHECKING:
@@ -117,7 +117,9 @@ def generate(
 
     embeds = model.embed(batch, vision_features)  # (B, T, D)
     mask = batch.attention_mask
-    cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
+    # Room for every new token plus one link's queries; more links reallocate (doubling).
+    reserve = cfg.max_new_tokens + max(model.super_link.num_queries, default=0)
+    cache = preallocated_cache(model.llm.config, reserve) if cfg.use_cache else None
     hidden = model.run_llm(embeds, mask, cache=cache)  # (B, T, D)
     states = [_SampleState() for _ in range(B)]
     prompt_states = model.link_states(hidden, batch) if batch.link_family.numel() else None
