@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionllm2.losses.matcher import HungarianMatcher, Match, PaddedTargets, pad_targets
+from visionllm2.losses.matcher import HungarianMatcher, Match, PaddedTargets, flatten_matches, pad_targets
 from visionllm2.ops.boxes import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from visionllm2.ops.masks import point_sample, uncertain_point_coords
 
@@ -31,15 +31,6 @@ def sigmoid_focal_loss(
     if alpha >= 0:
         loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
     return loss
-
-
-def flatten_matches(indices: list[Match]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample (query, target) index pairs -> flat (sample, query, target) index tensors,
-    with a fixed number of ops whatever the number of samples."""
-    counts = torch.tensor([q.shape[0] for q, _ in indices])
-    device = indices[0][0].device
-    batch_idx = torch.repeat_interleave(torch.arange(len(indices)), counts).to(device)
-    return batch_idx, torch.cat([q for q, _ in indices]), torch.cat([j for _, j in indices])
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -189,13 +180,13 @@ class GroundingCriterion(nn.Module):
     ) -> dict[str, torch.Tensor]:
         if len(targets) != outputs["logits"].shape[0]:
             raise ValueError(f"{len(targets)} targets for {outputs['logits'].shape[0]} samples")
-        num_boxes = max(float(sum(t["labels"].shape[0] for t in targets)), 1.0)
+        padded = pad_targets(targets)  # once for every layer's matching and losses
+        num_boxes = max(float(sum(padded.sizes)), 1.0)
         losses: dict[str, torch.Tensor] = {}
         # Final layer, then every earlier layer (auxiliary losses, DETR §3.2), each matched anew.
         layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux", []))]
         if outputs.get("enc") is not None:
             layers.append(("_enc", outputs["enc"]))
-        padded = pad_targets(targets)  # once for every layer's matching and losses
         for suffix, layer in layers:
             indices = self.match(layer, padded)
             losses.update(

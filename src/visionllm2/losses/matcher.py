@@ -17,6 +17,15 @@ from visionllm2.ops.masks import point_sample
 Match = tuple[torch.Tensor, torch.Tensor]  # (query indices, target indices), both (m,) long
 
 
+def flatten_matches(indices: list[Match]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (query, target) index pairs -> flat (sample, query, target) index tensors,
+    with a fixed number of ops whatever the number of samples."""
+    counts = torch.tensor([q.shape[0] for q, _ in indices])
+    device = indices[0][0].device
+    batch_idx = torch.repeat_interleave(torch.arange(len(indices)), counts).to(device)
+    return batch_idx, torch.cat([q for q, _ in indices]), torch.cat([j for _, j in indices])
+
+
 class HungarianMatcher(nn.Module):
     """Bipartite matching between Q predictions and n targets of each sample (DETR §3.1).
 

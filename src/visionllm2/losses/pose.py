@@ -7,8 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from visionllm2.losses.grounding import GroundingCriterion, flatten_matches
-from visionllm2.losses.matcher import Match, PaddedTargets, pad_targets
+from visionllm2.losses.grounding import GroundingCriterion
+from visionllm2.losses.matcher import Match, PaddedTargets, flatten_matches, pad_targets
 from visionllm2.ops.keypoints import matched_keypoint_oks
 
 # Paper defaults (ARCHITECTURE.md §2): class 2, L1 box 5, GIoU 2, keypoint L1 10, OKS 4. The
@@ -92,10 +92,10 @@ class PoseCriterion(GroundingCriterion):
     def forward(
         self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]], class_valid: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        num_boxes = max(float(sum(t["labels"].shape[0] for t in targets)), 1.0)
+        padded = pad_targets(targets)  # once for every layer's matching and losses
+        num_boxes = max(float(sum(padded.sizes)), 1.0)
         losses: dict[str, torch.Tensor] = {}
         # Final outputs: matched on class, box and keypoints together (UniPose's matcher).
-        padded = pad_targets(targets)  # once for every layer's matching and losses
         indices = self.match(outputs, padded)
         losses.update(self.weighted(self.layer_losses(outputs, padded, indices, class_valid, num_boxes), ""))
         # Earlier keypoint layers refine the same instances: score them with the final assignment.

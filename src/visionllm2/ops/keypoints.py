@@ -81,12 +81,15 @@ def keypoint_oks(
         )
     if sigmas.dim() == 1:
         sigmas = sigmas[None].expand(gt.shape[0], -1)
-    variances = (2 * sigmas) ** 2  # (M, P)
-    d2 = ((pred[:, None, :, :2] - gt[None, :, :, :2]) ** 2).sum(-1)  # (N, M, P)
-    e = d2 / (2 * variances[None] * (areas[None, :, None] + eps))
-    visible = (gt[..., 2] > 0).float()[None]  # (1, M, P)
-    num_visible = visible.sum(-1)  # (1, M)
-    return (torch.exp(-e) * visible).sum(-1) / num_visible.clamp(min=1)
+    n, m = pred.shape[0], gt.shape[0]
+    # Every (prediction, ground truth) pair, scored as a matched pair.
+    return matched_keypoint_oks(
+        pred[:, None].expand(-1, m, -1, -1).flatten(0, 1),
+        gt[None].expand(n, -1, -1, -1).flatten(0, 1),
+        areas[None].expand(n, -1).flatten(),
+        sigmas[None].expand(n, -1, -1).flatten(0, 1),
+        eps=eps,
+    ).view(n, m)
 
 
 def matched_keypoint_oks(
