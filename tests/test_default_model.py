@@ -71,7 +71,8 @@ def test_loads_by_name_after_a_wheel_install(tmp_path):
 
 # Issue 6's targets on the held-out test split (the world suite's headline metric, in %) and what
 # the shipped model scored on this test's sample (``visionllm2 eval --model tiny --benchmark world
-# --splits test --limit 24``, 2026-11-26). No target is reached yet: each target check is a strict
+# --splits test --limit 24``, 2026-11-26; edit re-measured 2026-11-27 when an edit began to count
+# only when its change is found: 31.2 before). No target is reached yet: each target check is a strict
 # xfail that turns into a failure, asking for the marker to go, once a retrained model reaches it.
 TARGETS = {
     "vqa": ("accuracy", 90.0, 16.7),
@@ -83,13 +84,19 @@ TARGETS = {
     "grd": ("accuracy", 80.0, 54.2),
     "pose": ("keypoint_AP", 50.0, 0.3),
     "gen": ("verifier_accuracy", 70.0, 0.0),
-    "edit": ("verifier_accuracy", 60.0, 31.2),
+    "edit": ("verifier_accuracy", 60.0, 0.0),
 }
 SAMPLE = 24  # test items per task: small enough for CI; the margins allow for its noise
 TARGET_MARGIN = 5.0  # "a little below the targets"
 # Where the shipped model works, it must keep working: a model with random weights scores ~0 on
-# each of these, so a broken export, loader or decoder path fails here.
-FLOORS = {"det": 30.0, "inst_seg": 15.0, "grd": 40.0, "edit": 20.0}
+# each of these, so a broken export, loader or decoder path fails here. Its edits rarely make the
+# requested change, but they redraw the source scene (27.6% of the shapes on this sample).
+FLOORS = {
+    "det": ("box_AP", 30.0),
+    "inst_seg": ("mask_AP", 15.0),
+    "grd": ("accuracy", 40.0),
+    "edit": ("shape_accuracy", 20.0),
+}
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +110,7 @@ def shipped_scores(tmp_path_factory):
     return json.loads((out / "summary.json").read_text())["scores"]["test"]
 
 
-def _score(scores, task: str) -> float:
-    metric = TARGETS[task][0]
+def _score(scores, task: str, metric: str) -> float:
     assert isinstance(scores[task], dict), f"{task}: {scores[task]}"
     assert scores[task]["num"] == SAMPLE
     return scores[task][metric] or 0.0
@@ -124,13 +130,15 @@ def _score(scores, task: str) -> float:
     ],
 )
 def test_shipped_model_reaches_the_target(shipped_scores, task):
-    assert _score(shipped_scores, task) >= TARGETS[task][1] - TARGET_MARGIN
+    metric, target, _ = TARGETS[task]
+    assert _score(shipped_scores, task, metric) >= target - TARGET_MARGIN
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(FLOORS))
 def test_shipped_model_keeps_its_level(shipped_scores, task):
-    assert _score(shipped_scores, task) >= FLOORS[task]
+    metric, floor = FLOORS[task]
+    assert _score(shipped_scores, task, metric) >= floor
 
 
 @pytest.mark.slow

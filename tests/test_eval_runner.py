@@ -555,7 +555,7 @@ def test_two_processes_give_the_same_results_as_one(models, tmp_path: Path) -> N
 
 def test_world_generation_and_editing_are_scored_by_the_verifier(tmp_path: Path) -> None:
     """gen / edit need diffusion decoders; a stand-in model that claims them lets the suite build its
-    items. Images equal to the targets score 100; an edit that changes nothing does not."""
+    items. Images equal to the targets score 100; an edit that changes nothing scores 0."""
     from types import SimpleNamespace
 
     from visionllm2.config import FamilyConfig
@@ -591,7 +591,10 @@ def test_world_generation_and_editing_are_scored_by_the_verifier(tmp_path: Path)
     s = suite.score(items, exact)["test"]
     assert s["gen"]["verifier_accuracy"] >= 85.0 and s["gen"]["no_image"] == 0
     assert s["edit"]["verifier_accuracy"] == 100.0 and s["edit"]["exact"] == 100.0
-    assert suite.score(items, unchanged)["test"]["edit"]["verifier_accuracy"] < 100.0
+    assert s["edit"]["change_rate"] == 100.0 and s["edit"]["outside_error"] == 0.0
+    # Returning the source keeps the unedited shapes but makes no change: it scores nothing.
+    kept = suite.score(items, unchanged)["test"]["edit"]
+    assert kept["verifier_accuracy"] == 0.0 and kept["change_rate"] == 0.0 and kept["shape_accuracy"] > 0.0
     nothing = {it.uid: suite.record(it, Result(text=""), out_dir=tmp_path) for it in items}
     s = suite.score(items, nothing)["test"]
     assert s["edit"]["verifier_accuracy"] == 0.0 and s["edit"]["no_image"] == 3

@@ -121,3 +121,29 @@ def test_rejects_non_rgb_arrays():
         classify_pixels(np.zeros((8, 8), np.uint8))
     # Grey images and PIL modes other than RGB are fine.
     assert find_shapes(Image.new("L", (64, 64), 128)) == []
+
+
+@pytest.mark.parametrize("op", ["recolour", "move", "add", "remove", "resize"])
+def test_edit_change_is_found_in_the_target_and_not_in_the_source(op):
+    from visionllm2.data.synthetic.verifier import edit_change_found, shape_entry
+
+    checked = 0
+    for i in range(12):
+        scene = generate_scene(70_000 + i)
+        edit = edit_scene(scene, op, np.random.default_rng(i))
+        if edit is None:
+            continue
+        before = None if op == "add" else shape_entry(scene.shapes[edit.index], 128, 128)
+        after = None if op == "remove" else shape_entry(edit.target.shapes[edit.index], 128, 128)
+
+        def changed(image: Image.Image, before=before, after=after) -> bool:
+            return edit_change_found(find_shapes(image), op, before, after, width=128, height=128)
+
+        assert changed(render(edit.target).image), (op, i)
+        assert not changed(render(scene).image), (op, i)  # returning the source changes nothing
+        checked += 1
+    assert checked >= 8
+    with pytest.raises(ValueError, match="needs the shape's entry"):
+        edit_change_found([], op, None, None, width=128, height=128)
+    with pytest.raises(ValueError, match="unknown edit"):
+        edit_change_found([], "rotate", before, after, width=128, height=128)

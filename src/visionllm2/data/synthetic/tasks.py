@@ -19,6 +19,7 @@ from scipy import ndimage
 from visionllm2.data import builders as B
 from visionllm2.data import templates as T
 from visionllm2.data.sample import RegionPrompt, Sample, Turn
+from visionllm2.data.synthetic.verifier import shape_entry
 from visionllm2.data.synthetic.world import (
     CATEGORIES,
     COLOURS,
@@ -673,13 +674,21 @@ def build_edit(ctx: _Ctx, *, op: str | None = None) -> Sample:
             fields["position"] = edit.params["position"]
         instruction = T.question(f"edit_{name}", rng, phrasing=ctx.phrasing, **fields)
         target = render(edit.target)
+        W, H = scene.width, scene.height
         return B.edit_sample(
             ctx.rendered.image,
             instruction,
             target.image,
             rng,
             phrasing=ctx.phrasing,
-            meta=ctx.meta(op=name, params=edit.params, target_caption=caption(edit.target)),
+            meta=ctx.meta(
+                op=name,
+                params=edit.params,
+                target_caption=caption(edit.target),
+                # The edited shape as the verifier checks it, in the source and in the target.
+                before=None if name == "add" else shape_entry(scene.shapes[edit.index], W, H),
+                after=None if name == "remove" else shape_entry(edit.target.shapes[edit.index], W, H),
+            ),
         )
     raise TaskNotApplicable("no valid edit for this scene")
 

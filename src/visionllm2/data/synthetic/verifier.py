@@ -22,7 +22,15 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy import ndimage
 
-from visionllm2.data.synthetic.world import COLOURS, KINDS, Scene, grid_position, shape_template
+from visionllm2.data.synthetic.world import (
+    COLOURS,
+    EDIT_OPS,
+    KINDS,
+    Scene,
+    Shape,
+    grid_position,
+    shape_template,
+)
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -200,20 +208,74 @@ def find_shapes(
     return found
 
 
+def shape_entry(shape: Shape, width: int, height: int) -> dict[str, Any]:
+    """What the verifier checks of one scene shape: kind, colour, centre, grid position, size."""
+    cx, cy = shape.centre
+    return {
+        "kind": shape.kind,
+        "colour": shape.colour,
+        "centre": (cx, cy),
+        "position": grid_position(cx, cy, width, height),
+        "size": shape.size,
+    }
+
+
 def expected_shapes(scene: Scene) -> list[dict[str, Any]]:
-    """The shapes a verifier should find in a rendered scene: kind, colour, centre, position."""
-    out = []
-    for s in scene.shapes:
-        cx, cy = s.centre
-        out.append(
-            {
-                "kind": s.kind,
-                "colour": s.colour,
-                "centre": (cx, cy),
-                "position": grid_position(cx, cy, scene.width, scene.height),
-            }
+    """The shapes a verifier should find in a rendered scene: kind, colour, centre, position, size."""
+    return [shape_entry(s, scene.width, scene.height) for s in scene.shapes]
+
+
+# A resize counts once the shape's side moved more than halfway to the requested scale (the
+# world resizes by 1.35-1.5 or 0.65-0.75).
+_BIGGER, _SMALLER = 1.175, 0.875
+
+
+def edit_change_found(
+    found: list[FoundShape],
+    op: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    *,
+    width: int,
+    height: int,
+    tolerance: float = 0.1,
+) -> bool:
+    """Whether the shapes found in an edited image show the requested change.
+
+    ``before`` / ``after`` are the edited shape's :func:`shape_entry` in the source and in the
+    target scene (``before`` is None for "add", ``after`` for "remove"). The change happened when
+    ``after`` is found (same kind, colour and grid cell, centre within ``tolerance`` x side) and
+    ``before`` is not; for "resize", whose before and after share kind, colour and place, when the
+    found shape's side moved more than halfway from the old size to the new one.
+    """
+    if op not in EDIT_OPS:
+        raise ValueError(f"unknown edit {op!r}; choose one of {EDIT_OPS}")
+    needs = {"add": (False, True), "remove": (True, False)}.get(op, (True, True))
+    if (before is not None, after is not None) != needs:
+        wanted = " and ".join(w for w, n in zip(("before", "after"), needs) if n)
+        raise ValueError(
+            f"a {op!r} edit needs the shape's entry {wanted} the edit, and only that "
+            f"(got before={before is not None}, after={after is not None})"
         )
-    return out
+    side = max(width, height)
+
+    def near(ref: dict[str, Any]) -> list[FoundShape]:
+        return [
+            f
+            for f in found
+            if f.kind == ref["kind"]
+            and f.colour == ref["colour"]
+            and f.position == ref["position"]
+            and math.dist(f.centre, ref["centre"]) <= tolerance * side
+        ]
+
+    if op == "resize":
+        bigger = after["size"] > before["size"]
+        lo, hi = (before["size"] * _BIGGER, math.inf) if bigger else (0.0, before["size"] * _SMALLER)
+        return any(lo <= f.box[2] - f.box[0] <= hi for f in near(after))
+    present = after is None or bool(near(after))
+    gone = before is None or not near(before)
+    return present and gone
 
 
 def match_shapes(
