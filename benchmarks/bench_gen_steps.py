@@ -27,7 +27,7 @@ def main() -> None:
     args = p.parse_args()
     model = from_pretrained(args.model)
     decoders = {t: model.decoders[model.config.families[t].decoder] for t in args.tasks}
-    print("| task | steps | verifier accuracy | exact | s/image |\n|---|---|---|---|---|")
+    print("| task | steps | verifier accuracy | exact | change rate | s/image |\n|---|---|---|---|---|---|")
     for steps in args.steps:
         for task, dec in decoders.items():
             dec.num_inference_steps = steps
@@ -38,7 +38,8 @@ def main() -> None:
                 dt = (time.perf_counter() - t0) / args.limit
             s = summary["scores"]["test"][task]
             acc, exact = s["verifier_accuracy"], s["exact"]
-            print(f"| {task} | {steps} | {acc:.1f} | {exact:.1f} | {dt:.2f} |", flush=True)
+            change = f"{s['change_rate']:.1f}" if task == "edit" else "-"
+            print(f"| {task} | {steps} | {acc:.1f} | {exact:.1f} | {change} | {dt:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
