@@ -119,6 +119,26 @@ def test_generation_loss_is_finite_and_reaches_every_parameter():
     assert states.grad is not None and states.grad[[0, 2]].any() and not states.grad[1].any()
 
 
+def test_denoising_error_is_the_training_loss_per_sample():
+    """The per-sample error that benchmarks/condition_reliance.py compares across conditions is
+    what training averages: same noise and timesteps, no condition dropout -> the same loss."""
+    torch.manual_seed(0)
+    dec = DiffusionDecoder(link_dim=LINK_DIM, cond_drop_prob=0.0, snr_gamma=5.0, **tiny())
+    x0 = torch.rand(3, 3, dec.image_size, dec.image_size) * 2 - 1
+    cond = torch.randn(3, *dec.null_cond.shape)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        loss = dec.diffusion_loss(x0, cond)
+        torch.manual_seed(1)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, dec.noise_scheduler.config.num_train_timesteps, (3,))
+        per_sample = dec.denoising_error(x0, cond, t, noise)
+        other = dec.denoising_error(x0, cond.roll(1, dims=0), t, noise)
+    assert per_sample.shape == (3,)
+    torch.testing.assert_close(per_sample.mean(), loss)
+    assert not torch.equal(other, per_sample)  # a random decoder already reads its condition a little
+
+
 def test_no_targets_gives_a_connected_zero_loss():
     dec = DiffusionDecoder(link_dim=LINK_DIM, **tiny())
     states = torch.randn(2, K, LINK_DIM, requires_grad=True)

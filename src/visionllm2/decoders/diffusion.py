@@ -451,6 +451,18 @@ class DiffusionDecoder(LinkDecoder):
         t = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
         )
+        return self.denoising_error(x0, cond, t, noise, source).mean()
+
+    def denoising_error(
+        self,
+        x0: torch.Tensor,
+        cond: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        source: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B,) weighted denoising error of x0 noised with ``noise`` at timesteps ``t``, given
+        ``cond`` as it is (no condition dropout): the training loss per sample."""
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
         inputs = torch.cat([x_t, source], dim=1) if source is not None else x_t  # (B, C_in, h, w)
         pred = self.unet(inputs, t, encoder_hidden_states=cond).sample
@@ -470,7 +482,7 @@ class DiffusionDecoder(LinkDecoder):
             # so nearly clean steps dominate; capping the weight at gamma moves the effort to the
             # noisy steps that decide the layout, which is what sampling from the condition needs.
             per_sample = per_sample * snr.clamp(max=self.snr_gamma) / snr_to_weight
-        return per_sample.mean()
+        return per_sample
 
     # ------------------------------------------------------------------ sampling
     def make_scheduler(self, sampler: str, num_inference_steps: int) -> Any:
