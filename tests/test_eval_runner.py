@@ -595,6 +595,11 @@ def test_world_generation_and_editing_are_scored_by_the_verifier(tmp_path: Path)
     # Returning the source keeps the unedited shapes but makes no change: it scores nothing.
     kept = suite.score(items, unchanged)["test"]["edit"]
     assert kept["verifier_accuracy"] == 0.0 and kept["change_rate"] == 0.0 and kept["shape_accuracy"] > 0.0
+    old_style = {uid: {**r, "verifier": {**r["verifier"]}} for uid, r in exact.items()}
+    for r in old_style.values():
+        r["verifier"].pop("changed", None)
+    with pytest.raises(ValueError, match="--overwrite"):  # a resumed run scored the old way
+        suite.score(items, old_style)
     nothing = {it.uid: suite.record(it, Result(text=""), out_dir=tmp_path) for it in items}
     s = suite.score(items, nothing)["test"]
     assert s["edit"]["verifier_accuracy"] == 0.0 and s["edit"]["no_image"] == 3

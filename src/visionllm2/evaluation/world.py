@@ -585,6 +585,11 @@ class WorldSuite(Benchmark):
         else:
             # An edit scores its shape accuracy only when the requested change is found: an image
             # returned unchanged keeps most shapes (60% of them on the test split) and changes nothing.
+            if any(v is not None and "changed" not in v for v in vs):
+                raise ValueError(
+                    "edit records without 'changed' come from an older visionllm2 that scored edits by "
+                    "the shapes kept alone; rerun the evaluation with --overwrite"
+                )
             changed = [v is not None and bool(v["changed"]) for v in vs]
             accs = [a if c else 0.0 for a, c in zip(shape_acc, changed)]
             errors = [v["outside_error"] for v in vs if v is not None]
