@@ -11,9 +11,11 @@ from visionllm2.data.synthetic.verifier import (
     DARK,
     FoundShape,
     classify_pixels,
+    edit_change_found,
     expected_shapes,
     find_shapes,
     match_shapes,
+    shape_entry,
 )
 from visionllm2.data.synthetic.world import (
     COLOURS,
@@ -125,8 +127,6 @@ def test_rejects_non_rgb_arrays():
 
 @pytest.mark.parametrize("op", ["recolour", "move", "add", "remove", "resize"])
 def test_edit_change_is_found_in_the_target_and_not_in_the_source(op):
-    from visionllm2.data.synthetic.verifier import edit_change_found, shape_entry
-
     checked = 0
     for i in range(12):
         scene = generate_scene(70_000 + i)
