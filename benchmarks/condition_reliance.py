@@ -55,7 +55,7 @@ def main() -> None:
     conditions = {
         "own condition": cond,
         "another sample's": cond.roll(1, dims=0),
-        "empty (null) condition": dec.null_cond.to(cond).unsqueeze(0).expand_as(cond),
+        "empty (null) condition": dec.null_context(cond),
     }
     print(f"model {args.model}, task {args.task}, {x0.shape[0]} samples, {args.draws} noise draws per bin")
     print("\n| timesteps | " + " | ".join(conditions) + " | another - own |\n|---|---|---|---|---|")

@@ -100,9 +100,10 @@ def test_bad_arguments_raise_clear_errors():
 # ---------------------------------------------------------------------------- training forward
 
 
-def test_generation_loss_is_finite_and_reaches_every_parameter():
+@pytest.mark.parametrize("link_tokens", [False, True])
+def test_generation_loss_is_finite_and_reaches_every_parameter(link_tokens):
     torch.manual_seed(0)
-    dec = DiffusionDecoder(link_dim=LINK_DIM, **tiny())
+    dec = DiffusionDecoder(link_dim=LINK_DIM, link_tokens=link_tokens, **tiny())
     states = torch.randn(3, K, LINK_DIM, requires_grad=True)
     links = make_links(states, [0, 1, 1], "gen")
     # A link without a target (e.g. a chat sample) is skipped, not an error.
@@ -233,17 +234,24 @@ def test_sampling_is_reproducible_with_a_seed(sampler):
     torch.testing.assert_close(alone[0], a[0], atol=1e-4, rtol=0)
 
 
-def test_guidance_scale_one_is_the_conditional_prediction():
+@pytest.mark.parametrize("link_tokens", [False, True])
+def test_guidance_scale_one_is_the_conditional_prediction(link_tokens):
     torch.manual_seed(0)
-    dec = DiffusionDecoder(link_dim=LINK_DIM, **tiny()).eval()
+    dec = DiffusionDecoder(link_dim=LINK_DIM, link_tokens=link_tokens, **tiny()).eval()
     with torch.no_grad():
         dec.null_cond.normal_()  # a null condition that differs from the real one
+        if link_tokens:
+            dec.null_link.normal_()
+            null = torch.cat([dec.null_cond, dec.null_link.expand(K, -1)]).expand(2, -1, -1)
+        else:
+            null = dec.null_cond.expand(2, -1, -1)
         cond = dec.mapper(torch.randn(2, K, LINK_DIM))
+        assert cond.shape == null.shape
         x = torch.randn(2, 3, 16, 16)
         t = torch.tensor(500)
         conditional = dec.unet(x, t, encoder_hidden_states=cond).sample
         assert torch.equal(dec.predict_noise(x, t, cond, guidance_scale=1.0), conditional)
-        unconditional = dec.unet(x, t, encoder_hidden_states=dec.null_cond.expand_as(cond)).sample
+        unconditional = dec.unet(x, t, encoder_hidden_states=null).sample
         guided = dec.predict_noise(x, t, cond, guidance_scale=3.0)
         torch.testing.assert_close(guided, unconditional + 3.0 * (conditional - unconditional))
 
@@ -269,6 +277,31 @@ def test_guidance_scale_one_is_the_conditional_prediction():
                 generator=torch.Generator().manual_seed(1),
             )
             assert not torch.equal(out, guided)
+
+
+def test_link_tokens_carry_each_link_state():
+    torch.manual_seed(0)
+    plain = DiffusionDecoder(link_dim=LINK_DIM, **tiny()).eval()
+    dec = DiffusionDecoder(link_dim=LINK_DIM, link_tokens=True, **tiny()).eval()
+    dec.mapper.load_state_dict(plain.mapper.state_dict(), strict=False)  # the same queries' part
+    C = dec.null_cond.shape[0]
+    states = torch.randn(3, K, LINK_DIM)
+    with torch.no_grad():
+        cond = dec.mapper(states)
+        assert cond.shape == (3, C + K, dec.null_cond.shape[1])
+        assert torch.equal(cond[:, :C], plain.mapper(states))
+        # One link state changed: its own token changes, the other links' tokens do not.
+        changed = states.clone()
+        changed[:, 1] = torch.randn(3, LINK_DIM)
+        moved = (dec.mapper(changed)[:, C:] - cond[:, C:]).abs().amax(dim=(0, 2))
+        assert moved[1] > 0.01 and torch.equal(moved[[0, 2, 3]], torch.zeros(3))
+        # Dropped conditions become the null context: the null queries and one null link token.
+        dec.null_cond.normal_()
+        dec.null_link.normal_()
+        dec.cond_drop_prob = 1.0
+        dropped, _ = dec.drop_conditions(cond, None)
+        assert torch.equal(dropped[:, :C], dec.null_cond.expand(3, -1, -1))
+        assert torch.equal(dropped[:, C:], dec.null_link.expand(3, K, -1))
 
 
 def test_edit_guidance_scales():
