@@ -68,11 +68,12 @@ def test_targets_must_match_links(tiny, photos):
         tiny.processor([s])
 
 
-def test_routing_tokens_are_single_tokens_and_rows_start_at_mean():
-    model = make_tiny()
+@pytest.mark.parametrize("tokenizer", ["byte", "world"])
+def test_routing_tokens_are_single_tokens_and_rows_start_at_mean(tokenizer):
+    model = make_tiny(**{"llm.tokenizer": tokenizer})
     tok = model.processor.tokenizer
     emb = model.llm.get_input_embeddings().weight
-    old = emb[: tok.convert_tokens_to_ids("<image>")].mean(0)  # bytes, </s>, <pad>
+    old = emb[: tok.convert_tokens_to_ids("<image>")].mean(0)  # the tokenizer's own, </s>, <pad>
     for t in ["<image>", "<region>", "[DET]", "[SEG]", "[GRD]", "[POSE]", "[GEN]", "[EDIT]"]:
         ids = tok.encode(f"a{t}b", add_special_tokens=False)
         assert len(ids) == 3 and tok.convert_ids_to_tokens(ids[1]) == t

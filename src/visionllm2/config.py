@@ -63,7 +63,7 @@ class LLMConfig:
     """Causal LM: built from the sizes below (a tiny Llama) or loaded from ``path``."""
 
     path: str | None = None
-    tokenizer: str = "byte"  # "byte" (built-in byte-level) or a local tokenizer folder
+    tokenizer: str = "byte"  # "byte" (built-in byte-level), "world" (built-in BPE) or a local folder
     template: str = "plain"  # conversation template name (see data/templates... processor)
     hidden_size: int = 4096
     num_layers: int = 32
