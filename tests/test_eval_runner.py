@@ -572,7 +572,9 @@ def test_world_generation_and_editing_are_scored_by_the_verifier(tmp_path: Path)
     for it in items:
         sample = it.sample()
         if it.ref.task == "gen":
-            assert sample.images == [] and it.forced == "Here is the image [GEN]"
+            # The forced answer restates the request, as the training answers do.
+            assert sample.images == [] and it.forced.startswith("Here is ") and it.forced.endswith(" [GEN]")
+            assert it.forced[len("Here is ") : -len(" [GEN]")] in sample.conversation[0].content
             _, rendered = suite.scene("test", int(it.uid.split("/")[2]))
             # The tiny decoder's resolution, not the scene's: the suite upsamples before verifying (at
             # 32 px as is, the template fit misses most shapes even in the exact rendering).

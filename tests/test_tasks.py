@@ -414,3 +414,20 @@ def test_one_task_dataset_skips_scenes_that_do_not_fit():
     again = SyntheticTaskDataset(num=40, seed=0, weights={"pope": 1.0})
     answers = [s.conversation[-1].content for s in items]
     assert answers == [again[i].conversation[-1].content for i in range(40)]
+
+
+@pytest.mark.parametrize("phrasing", ["train", "heldout"])
+def test_generation_answers_restate_the_request_before_the_link(phrasing):
+    """The LM loss on the answer is what carries a request to the [GEN] link's positions."""
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 8))
+    caption = "A small striped red diamond at the top left."
+    seen = set()
+    for seed in range(40):
+        s = B.generation_sample(caption, image, np.random.default_rng(seed), phrasing=phrasing)
+        answer = s.conversation[1].content
+        seen.add(answer)
+        before = answer[: answer.index("[GEN]")]
+        assert "small striped red diamond at the top left" in before.lower(), answer
+    assert len(seen) > 1  # several phrasings, each restating

@@ -66,6 +66,11 @@ def _lc(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+def request(caption: str) -> str:
+    """A caption as a text-to-image answer restates it: ``"A red star."`` -> ``"a red star"``."""
+    return _lc(caption.strip()).rstrip(".")
+
+
 def qa_sample(
     image: Image.Image, question: str, answer: str, *, task: str = "vqa", meta: dict[str, Any] | None = None
 ) -> Sample:
@@ -251,7 +256,7 @@ def generation_sample(
 ) -> Sample:
     """Text -> image through ``[GEN]``; the sample has no input image."""
     q = T.question("gen", rng, phrasing=phrasing, caption=_lc(caption))
-    a = T.answer("gen", rng, phrasing=phrasing)
+    a = T.answer("gen", rng, phrasing=phrasing, caption=request(caption))
     return Sample(
         [],
         _conversation(q, a, with_image=False),

@@ -405,7 +405,8 @@ class WorldSuite(Benchmark):
         if task == "gen":
             s = make("gen")
             ref = {"expected": expected_shapes(scene), "size": (scene.width, scene.height)}
-            return _Case(split, task, ask(s), through_last_link(T.ANSWERS["gen"][0]), ref)
+            forced = through_last_link(T.ANSWERS["gen"][0].format(caption=B.request(s.meta["caption"])))
+            return _Case(split, task, ask(s), forced, ref)
         if task == "edit":
             s = make("edit", op=EDIT_OPS[k % len(EDIT_OPS)])
             target = s.targets[0].image  # type: ignore[union-attr]
