@@ -171,8 +171,10 @@ def test_oks_matches_pycocotools():
     ev.params.maxDets = [100]
     expected = ev.computeOks(1, 1)  # (num_dt, num_gt)
 
-    pred = torch.tensor([np.asarray(d["keypoints"]).reshape(p, 3)[:, :2] for d in dts], dtype=torch.float64)
-    gt = torch.tensor([np.asarray(g["keypoints"]).reshape(p, 3) for g in gts], dtype=torch.float64)
+    pred = torch.tensor(
+        np.array([np.asarray(d["keypoints"]).reshape(p, 3)[:, :2] for d in dts]), dtype=torch.float64
+    )
+    gt = torch.tensor(np.array([np.asarray(g["keypoints"]).reshape(p, 3) for g in gts]), dtype=torch.float64)
     areas = torch.tensor([g["area"] for g in gts], dtype=torch.float64)
     got = keypoint_oks(pred, gt, areas, torch.tensor(sigmas), eps=float(np.spacing(1)))
     assert np.allclose(got.numpy(), expected, atol=1e-9)
