@@ -18,6 +18,7 @@ class DistInfo:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # init_distributed created the process group (so it ends it)
 
     @property
     def is_main(self) -> bool:
@@ -38,9 +39,22 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = torch.device(f"cuda:{local}" if device == "cuda" else device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
+    return DistInfo(rank=rank, world=world, local_rank=local, device=dev, owns_group=owns)
+
+
+def finish_distributed(info: DistInfo) -> None:
+    """Wait for every rank, then end the process group ``init_distributed`` created, rather than
+    leave each rank to exit with its group alive while rank 0 still writes the final files (the
+    two-rank gloo test once failed with a rank aborting at exit, "terminate called without an
+    active exception"; this is PyTorch's documented shutdown, the cause was not proven)."""
+    if not info.enabled:
+        return
+    dist.barrier()
+    if info.owns_group:
+        dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:

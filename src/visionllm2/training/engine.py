@@ -29,6 +29,7 @@ from visionllm2.training.data import Mixture, StepBatches, build_dataset, task_o
 from visionllm2.training.distributed import (
     DistInfo,
     deepspeed_engine,
+    finish_distributed,
     gather_windows,
     init_distributed,
     wrap_model,
@@ -118,6 +119,7 @@ class Trainer:
 
             plot_learning_curves(self.history, self.out / "curves")
             self.writer.close()
+        finish_distributed(self.dist)
         return last
 
     def _run_stage(self, si: int, stage, opt, sched, first: int, global_step: int) -> dict[str, float]:
