@@ -21,26 +21,23 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from visionllm2.data.synthetic.world import (
-    COLOURS,
-    KINDS,
-    POSITIONS,
-    WorldConfig,
-    generate_scene,
-    grid_position,
-)
+from condition_reliance import ONE_SHAPE
+from visionllm2.data.synthetic.verifier import shape_entry
+from visionllm2.data.synthetic.world import COLOURS, KINDS, POSITIONS, WorldConfig, generate_scene
 from visionllm2.modeling.builder import from_pretrained
 from visionllm2.training.data import world_dataset
 
-ONE_SHAPE = {"min_shapes": 1, "max_shapes": 1, "p_person": 0.0, "p_dog": 0.0, "p_word": 0.0}
 ATTRIBUTES = ("colour", "kind", "grid cell")
 
 
 def labels_of(scene_seed: int, config: WorldConfig) -> tuple[int, int, int]:
     scene = generate_scene(scene_seed, config)
-    shape = scene.shapes[0]
-    cell = grid_position(*shape.centre, scene.width, scene.height)
-    return list(COLOURS).index(shape.colour), KINDS.index(shape.kind), list(POSITIONS).index(cell)
+    shape = shape_entry(scene.shapes[0], scene.width, scene.height)
+    return (
+        list(COLOURS).index(shape["colour"]),
+        KINDS.index(shape["kind"]),
+        list(POSITIONS).index(shape["position"]),
+    )
 
 
 def probe_accuracy(x: torch.Tensor, y: torch.Tensor, train: int, l2: float = 1e-3) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from visionllm2.config import IMAGE_TOKEN, REGION_TOKEN, ROUTING_TOKENS
+from visionllm2.config import IMAGE_TOKEN, REGION_TOKEN, ROUTING_TOKENS, atomic_write_text
 
 # The world tokenizer shipped with the package, and the recipe it was trained with.
 WORLD_TOKENIZER = Path(__file__).with_name("world_tokenizer.json")
@@ -96,9 +96,7 @@ def main() -> None:
     p.add_argument("--out", default=str(WORLD_TOKENIZER), help="tokenizer.json to write")
     args = p.parse_args()
     tok = train_world_tokenizer(world_corpus())
-    tmp = Path(args.out).with_suffix(".tmp")
-    tok.backend_tokenizer.save(str(tmp))
-    tmp.replace(args.out)
+    atomic_write_text(args.out, tok.backend_tokenizer.to_str(pretty=True))
     print(f"wrote {args.out}: {len(tok)} tokens")
 
 
