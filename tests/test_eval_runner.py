@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -592,16 +593,31 @@ def test_world_generation_and_editing_are_scored_by_the_verifier(tmp_path: Path)
         assert (tmp_path / exact[it.uid]["image"]).is_file()
     s = suite.score(items, exact)["test"]
     assert s["gen"]["verifier_accuracy"] >= 85.0 and s["gen"]["no_image"] == 0
+    assert s["gen"]["colour_recall"] >= s["gen"]["colour_kind_recall"] >= s["gen"]["verifier_accuracy"]
+    assert s["gen"]["colour_recall"] >= s["gen"]["colour_cell_recall"] >= s["gen"]["verifier_accuracy"]
     assert s["edit"]["verifier_accuracy"] == 100.0 and s["edit"]["exact"] == 100.0
     assert s["edit"]["change_rate"] == 100.0 and s["edit"]["outside_error"] == 0.0
     # Returning the source keeps the unedited shapes but makes no change: it scores nothing.
     kept = suite.score(items, unchanged)["test"]["edit"]
     assert kept["verifier_accuracy"] == 0.0 and kept["change_rate"] == 0.0 and kept["shape_accuracy"] > 0.0
-    old_style = {uid: {**r, "verifier": {**r["verifier"]}} for uid, r in exact.items()}
-    for r in old_style.values():
-        r["verifier"].pop("changed", None)
-    with pytest.raises(ValueError, match="--overwrite"):  # a resumed run scored the old way
-        suite.score(items, old_style)
+    # A blank canvas holds no requested colour.
+    blank = {
+        it.uid: suite.record(
+            it,
+            Result(text="", items=[GeneratedImage(Image.new("RGB", (32, 32), "white"), "gen")]),
+            out_dir=tmp_path,
+        )
+        for it in items
+        if it.ref.task == "gen"
+    }
+    gen_items = [it for it in items if it.ref.task == "gen"]
+    assert suite.score(gen_items, blank)["test"]["gen"]["colour_recall"] == 0.0
+    for key in ("changed", "recall"):  # a resumed run recorded by an older version
+        old_style = {uid: {**r, "verifier": {**r["verifier"]}} for uid, r in exact.items()}
+        for r in old_style.values():
+            r["verifier"].pop(key, None)
+        with pytest.raises(ValueError, match="--overwrite"):
+            suite.score(items, old_style)
     nothing = {it.uid: suite.record(it, Result(text=""), out_dir=tmp_path) for it in items}
     s = suite.score(items, nothing)["test"]
     assert s["edit"]["verifier_accuracy"] == 0.0 and s["edit"]["no_image"] == 3

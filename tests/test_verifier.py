@@ -10,6 +10,7 @@ from visionllm2.data.synthetic.verifier import (
     BACKGROUND,
     DARK,
     FoundShape,
+    attribute_recall,
     classify_pixels,
     edit_change_found,
     expected_shapes,
@@ -116,6 +117,25 @@ def test_match_counts_missed_and_extra():
     assert res["matched"] == 0 and res["missed"] == exp
     assert match_shapes([far], exp, width=128, height=128, check_position=False)["matched"] == 1
     assert match_shapes([], [], width=128, height=128)["accuracy"] == 1.0
+
+
+def test_attribute_recall_gives_partial_credit_one_to_one():
+    exp = [
+        {"kind": "circle", "colour": "red", "position": "top left"},
+        {"kind": "square", "colour": "red", "position": "bottom right"},
+        {"kind": "star", "colour": "blue", "position": "centre"},
+    ]
+    # One red square in the wrong cell: a colour for one of the two reds, the right kind for the
+    # square, no colour in its cell; blue is missing.
+    red_square = FoundShape("square", "red", (10, 10, 30, 30), "top left", 1.0, 300)
+    got = attribute_recall([red_square], exp)
+    assert got == pytest.approx({"colour": 1 / 3, "colour_kind": 1 / 3, "colour_cell": 1 / 3})
+    # The same found shape cannot stand for both reds; a second one can.
+    red_circle = FoundShape("circle", "red", (90, 90, 110, 110), "bottom right", 1.0, 300)
+    got = attribute_recall([red_square, red_circle], exp)
+    assert got == pytest.approx({"colour": 2 / 3, "colour_kind": 2 / 3, "colour_cell": 2 / 3})
+    assert attribute_recall([], exp) == {"colour": 0.0, "colour_kind": 0.0, "colour_cell": 0.0}
+    assert attribute_recall([red_square], []) == {"colour": 1.0, "colour_kind": 1.0, "colour_cell": 1.0}
 
 
 def test_rejects_non_rgb_arrays():

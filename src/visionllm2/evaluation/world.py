@@ -13,8 +13,9 @@ precision, recall, F1, yes-ratio), ``mc`` (option-letter accuracy), ``det`` (box
 (box and mask AP), ``sem_seg`` (mIoU over the world's categories, background ignored), ``grd`` (REC
 Acc@0.5), ``ref_seg`` (Acc@0.5, cIoU, gIoU), ``region_recog`` (accuracy), ``pose`` (keypoint OKS AP),
 ``gen`` and ``edit`` (verifier accuracy: the shapes recovered from the produced image against the expected
-ones; an edit counts only when the requested change is found in it). A task whose decoder (or region
-encoder) the model lacks is reported as ``"not available (…)"``.
+ones; an edit counts only when the requested change is found in it; a generation also reports the
+share of requested shapes whose colour, colour and kind, and colour in its grid cell it holds). A task
+whose decoder (or region encoder) the model lacks is reported as ``"not available (…)"``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ from visionllm2.data.formats.common import atomic_save_image, read_json
 from visionllm2.data.processor import link_name
 from visionllm2.data.sample import Sample
 from visionllm2.data.synthetic.tasks import MC_TYPES, REGION_KINDS, VQA_TYPES, TaskNotApplicable, build_task
-from visionllm2.data.synthetic.verifier import edit_change_found, expected_shapes, find_shapes, match_shapes
+from visionllm2.data.synthetic.verifier import (
+    RECALL_PARTS,
+    attribute_recall,
+    edit_change_found,
+    expected_shapes,
+    find_shapes,
+    match_shapes,
+)
 from visionllm2.data.synthetic.world import (
     CATEGORIES,
     EDIT_OPS,
@@ -474,7 +482,9 @@ class WorldSuite(Benchmark):
             "missed": len(m["missed"]),
             "extra": len(m["extra"]),
         }
-        if case.task == "edit":
+        if case.task == "gen":
+            out["recall"] = attribute_recall(found, case.ref["expected"])
+        else:
             ref = case.ref
             out["changed"] = edit_change_found(
                 found, ref["op"], ref["before"], ref["after"], width=size[0], height=size[1]
@@ -580,17 +590,26 @@ class WorldSuite(Benchmark):
         # gen / edit
         vs = [r["verifier"] for _, r in group]
         shape_acc = [0.0 if v is None else float(v["accuracy"]) for v in vs]
+        # Records from an older visionllm2 lack what the scores below read.
+        needs, lacks = (
+            ("recall", "the attribute recall") if task == "gen" else ("changed", "the change found")
+        )
+        if any(v is not None and needs not in v for v in vs):
+            raise ValueError(
+                f"{task} records without {needs!r} come from an older visionllm2 that did not record "
+                f"{lacks}; rerun the evaluation with --overwrite"
+            )
         if task == "gen":
             accs = shape_acc
-            extra: dict[str, Any] = {}
+            # Partial credit: the share of requested shapes whose colour (colour and kind, colour in
+            # its grid cell) the image holds.
+            extra: dict[str, Any] = {
+                f"{part}_recall": _pct(np.mean([0.0 if v is None else v["recall"][part] for v in vs]))
+                for part in RECALL_PARTS
+            }
         else:
             # An edit scores its shape accuracy only when the requested change is found: an image
             # returned unchanged keeps most shapes (60% of them on the test split) and changes nothing.
-            if any(v is not None and "changed" not in v for v in vs):
-                raise ValueError(
-                    "edit records without 'changed' come from an older visionllm2 that scored edits by "
-                    "the shapes kept alone; rerun the evaluation with --overwrite"
-                )
             changed = [v is not None and bool(v["changed"]) for v in vs]
             accs = [a if c else 0.0 for a, c in zip(shape_acc, changed)]
             errors = [v["outside_error"] for v in vs if v is not None]

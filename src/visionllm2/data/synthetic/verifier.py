@@ -14,6 +14,7 @@ Used to score generated and edited images without a model. The steps:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,3 +321,26 @@ def match_shapes(
         "extra": extra,
         "accuracy": matched / total if total else 1.0,
     }
+
+
+# Partial credit where the whole-shape match finds nothing: which of a shape's attributes a drawing
+# got, each found shape standing for at most one expected shape.
+RECALL_PARTS: dict[str, tuple[str, ...]] = {
+    "colour": ("colour",),
+    "colour_kind": ("colour", "kind"),
+    "colour_cell": ("colour", "position"),
+}
+
+
+def attribute_recall(found: list[FoundShape], expected: list[dict[str, Any]]) -> dict[str, float]:
+    """For each of :data:`RECALL_PARTS`, the fraction of ``expected`` shapes that a found shape
+    matches on those attributes, one to one (the multiset intersection of their attribute tuples;
+    1.0 when nothing is expected)."""
+    if not expected:
+        return dict.fromkeys(RECALL_PARTS, 1.0)
+    out = {}
+    for part, keys in RECALL_PARTS.items():
+        have = Counter(tuple(getattr(f, k) for k in keys) for f in found)
+        want = Counter(tuple(e[k] for k in keys) for e in expected)
+        out[part] = sum((have & want).values()) / len(expected)
+    return out
