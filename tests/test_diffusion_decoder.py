@@ -232,6 +232,16 @@ def test_sampling_is_reproducible_with_a_seed(sampler):
     # the batch-size-dependent rounding of the conv kernels).
     alone = dec(make_links(states[:1], [0], "gen", seed=3, sampler=sampler, num_inference_steps=4), None)
     torch.testing.assert_close(alone[0], a[0], atol=1e-4, rtol=0)
+    # One seed per sample: the j-th link of sample s draws from seed[s] + j, whatever its place.
+    per = dec(make_links(states, [0, 1, 1], "gen", seed=[7, 3], sampler=sampler, num_inference_steps=4), None)
+    swapped = dec(
+        make_links(states[[1, 2, 0]], [0, 0, 1], "gen", seed=[3, 7], sampler=sampler, num_inference_steps=4),
+        None,
+    )
+    torch.testing.assert_close(per[1], swapped[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(per[0], swapped[1], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="one per sample"):
+        dec(make_links(states, [0, 1, 1], "gen", seed=[7], num_inference_steps=4), None)
 
 
 @pytest.mark.parametrize("link_tokens", [False, True])

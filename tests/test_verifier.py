@@ -127,11 +127,11 @@ def test_attribute_recall_gives_partial_credit_one_to_one():
     ]
     # One red square in the wrong cell: a colour for one of the two reds, the right kind for the
     # square, no colour in its cell; blue is missing.
-    red_square = FoundShape("square", "red", (10, 10, 30, 30), "top left", 1.0, 300)
+    red_square = {"kind": "square", "colour": "red", "position": "top left"}
     got = attribute_recall([red_square], exp)
     assert got == pytest.approx({"colour": 1 / 3, "colour_kind": 1 / 3, "colour_cell": 1 / 3})
     # The same found shape cannot stand for both reds; a second one can.
-    red_circle = FoundShape("circle", "red", (90, 90, 110, 110), "bottom right", 1.0, 300)
+    red_circle = {"kind": "circle", "colour": "red", "position": "bottom right"}
     got = attribute_recall([red_square, red_circle], exp)
     assert got == pytest.approx({"colour": 2 / 3, "colour_kind": 2 / 3, "colour_cell": 2 / 3})
     assert attribute_recall([], exp) == {"colour": 0.0, "colour_kind": 0.0, "colour_cell": 0.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -95,6 +96,21 @@ class ConditionMapper(nn.Module):
         return torch.cat([read, self.link_out(memory)], dim=1)  # (L, C + K, D_cross)
 
 
+def _link_seeds(seed: int | Sequence[int], sample: list[int], num_samples: int) -> list[int]:
+    """One seed per link (``sample``: each link's sample): ``seed + i`` for link i, or
+    ``seed[s] + j`` for the j-th link of sample s."""
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(len(sample))]
+    if len(seed) != num_samples:
+        raise ValueError(f"seed gives {len(seed)} per-sample seeds for {num_samples} samples: one per sample")
+    taken: dict[int, int] = {}
+    out = []
+    for s in sample:
+        out.append(int(seed[s]) + taken.get(s, 0))
+        taken[s] = taken.get(s, 0) + 1
+    return out
+
+
 class DiffusionDecoder(LinkDecoder):
     """UNet diffusion decoder conditioned on super links; one class for generation and editing.
 
@@ -118,8 +134,10 @@ class DiffusionDecoder(LinkDecoder):
 
     Forward-time overrides for sampling may be passed in ``links.extras``: ``sampler``,
     ``num_inference_steps``, ``guidance_scale``, ``image_guidance_scale``, ``seed`` (link i of
-    the call draws its initial noise from ``torch.Generator().manual_seed(seed + i)``) or
-    ``generator`` (a ``torch.Generator`` or one per link).
+    the call draws its initial noise from ``torch.Generator().manual_seed(seed + i)``; a sequence
+    gives one seed per sample, and the j-th link of sample s draws from ``seed[s] + j``, so its
+    image does not depend on the batch it came in) or ``generator`` (a ``torch.Generator`` or one
+    per link).
     """
 
     def __init__(
@@ -607,7 +625,8 @@ class DiffusionDecoder(LinkDecoder):
         generator = extras.get("generator")
         seed = extras.get("seed", self.seed)
         if generator is None and seed is not None:
-            generator = [torch.Generator().manual_seed(int(seed) + i) for i in range(len(links))]
+            seeds = _link_seeds(seed, links.sample.tolist(), num_samples)
+            generator = [torch.Generator().manual_seed(s) for s in seeds]
         cond = self.mapper(links.states)  # (L, C, D_cross)
         source = (
             self.encode_source(self._source_pixels(pixels)[links.sample]) if self.mode == "edit" else None

@@ -28,6 +28,7 @@ import json
 import os
 import time
 import uuid
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -329,11 +330,15 @@ def evaluate(
         for group in mine:
             samples = [it.sample() for it in group]
             batch = build_batch(model.processor, samples, [it.forced for it in group]).to(device, dtype)
+            # Decoders that sample (text-to-image, editing) draw each item's noise from its uid, so a
+            # prediction does not depend on the batch, the tasks run before it or a resume.
+            seeds = [zlib.crc32(it.uid.encode()) for it in group]
             results = model.generate(
                 batch,
                 max_new_tokens=max_new_tokens or group[0].max_new_tokens,
                 do_sample=False,
                 run_decoders=group[0].run_decoders,
+                decoder_options={name: {"seed": seeds} for name in model.decoders},
             )
             records = [
                 {"uid": it.uid, **benchmark.record(it, r, out_dir=out_dir)} for it, r in zip(group, results)

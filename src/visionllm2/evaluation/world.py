@@ -483,7 +483,7 @@ class WorldSuite(Benchmark):
             "extra": len(m["extra"]),
         }
         if case.task == "gen":
-            out["recall"] = attribute_recall(found, case.ref["expected"])
+            out["found"] = [{"kind": f.kind, "colour": f.colour, "position": f.position} for f in found]
         else:
             ref = case.ref
             out["changed"] = edit_change_found(
@@ -591,9 +591,7 @@ class WorldSuite(Benchmark):
         vs = [r["verifier"] for _, r in group]
         shape_acc = [0.0 if v is None else float(v["accuracy"]) for v in vs]
         # Records from an older visionllm2 lack what the scores below read.
-        needs, lacks = (
-            ("recall", "the attribute recall") if task == "gen" else ("changed", "the change found")
-        )
+        needs, lacks = ("found", "the shapes found") if task == "gen" else ("changed", "the change found")
         if any(v is not None and needs not in v for v in vs):
             raise ValueError(
                 f"{task} records without {needs!r} come from an older visionllm2 that did not record "
@@ -602,11 +600,17 @@ class WorldSuite(Benchmark):
         if task == "gen":
             accs = shape_acc
             # Partial credit: the share of requested shapes whose colour (colour and kind, colour in
-            # its grid cell) the image holds.
-            extra: dict[str, Any] = {
-                f"{part}_recall": _pct(np.mean([0.0 if v is None else v["recall"][part] for v in vs]))
-                for part in RECALL_PARTS
-            }
+            # its grid cell) the image holds; and the same images against the next item's request,
+            # the level that a drawing which ignores its request reaches.
+            requests = [c.ref["expected"] for c, _ in group]
+            extra: dict[str, Any] = {}
+            for suffix, asked in (("", requests), ("_other_request", requests[1:] + requests[:1])):
+                recalls = [
+                    dict.fromkeys(RECALL_PARTS, 0.0) if v is None else attribute_recall(v["found"], e)
+                    for v, e in zip(vs, asked)
+                ]
+                for part in RECALL_PARTS:
+                    extra[f"{part}_recall{suffix}"] = _pct(np.mean([r[part] for r in recalls]))
         else:
             # An edit scores its shape accuracy only when the requested change is found: an image
             # returned unchanged keeps most shapes (60% of them on the test split) and changes nothing.

@@ -33,7 +33,8 @@ class GenerationConfig:
     seed: int | None = None  # for sampling
     run_decoders: bool = True
     # decoder name -> options handed to it in Links.extras (e.g. {"gen": {"seed": 0,
-    # "num_inference_steps": 25, "guidance_scale": 2.0}}).
+    # "num_inference_steps": 25, "guidance_scale": 2.0}}). A list "seed" gives one seed per
+    # sample of the batch; each decoder gets those of the samples it serves.
     decoder_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -226,7 +227,15 @@ def _run_decoders(
             f"decoder_options name unknown decoder(s) {unknown}; the model has {sorted(model.decoders)}"
         )
     for dec, (links, _idx, samples) in groups.items():
-        links.extras.update(options.get(dec, {}))
+        extras = dict(options.get(dec, {}))
+        if isinstance(extras.get("seed"), (list, tuple)):
+            if len(extras["seed"]) != len(states):
+                raise ValueError(
+                    f"decoder_options[{dec!r}]['seed'] lists {len(extras['seed'])} seeds for a batch of "
+                    f"{len(states)}: give one per sample, or one int"
+                )
+            extras["seed"] = [extras["seed"][b] for b in samples.tolist()]
+        links.extras.update(extras)
         pixels = batch.decoder_pixels.get(dec)
         decoder = model.decoders[dec]
         outputs = decoder(links, None if pixels is None else pixels[samples])

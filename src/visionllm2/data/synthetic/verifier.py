@@ -332,15 +332,16 @@ RECALL_PARTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def attribute_recall(found: list[FoundShape], expected: list[dict[str, Any]]) -> dict[str, float]:
+def attribute_recall(found: list[dict[str, Any]], expected: list[dict[str, Any]]) -> dict[str, float]:
     """For each of :data:`RECALL_PARTS`, the fraction of ``expected`` shapes that a found shape
     matches on those attributes, one to one (the multiset intersection of their attribute tuples;
-    1.0 when nothing is expected)."""
+    1.0 when nothing is expected). Both lists hold dicts with ``kind``, ``colour`` and ``position``
+    (:func:`shape_entry`; a :class:`FoundShape` as ``dataclasses.asdict`` gives it)."""
     if not expected:
         return dict.fromkeys(RECALL_PARTS, 1.0)
     out = {}
     for part, keys in RECALL_PARTS.items():
-        have = Counter(tuple(getattr(f, k) for k in keys) for f in found)
+        have = Counter(tuple(f[k] for k in keys) for f in found)
         want = Counter(tuple(e[k] for k in keys) for e in expected)
         out[part] = sum((have & want).values()) / len(expected)
     return out
