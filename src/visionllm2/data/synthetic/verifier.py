@@ -335,8 +335,9 @@ RECALL_PARTS: dict[str, tuple[str, ...]] = {
 def attribute_recall(found: list[dict[str, Any]], expected: list[dict[str, Any]]) -> dict[str, float]:
     """For each of :data:`RECALL_PARTS`, the fraction of ``expected`` shapes that a found shape
     matches on those attributes, one to one (the multiset intersection of their attribute tuples;
-    1.0 when nothing is expected). Both lists hold dicts with ``kind``, ``colour`` and ``position``
-    (:func:`shape_entry`; a :class:`FoundShape` as ``dataclasses.asdict`` gives it)."""
+    1.0 when nothing is expected). Both lists hold dicts with at least ``kind``, ``colour`` and
+    ``position``: :func:`shape_entry` for expected shapes, those fields of a :class:`FoundShape`
+    for found ones (as the world suite records them)."""
     if not expected:
         return dict.fromkeys(RECALL_PARTS, 1.0)
     out = {}
