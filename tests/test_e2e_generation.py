@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import TINY_UNET
 from visionllm2.config import DecoderConfig, tiny_config
 from visionllm2.data.sample import LinkTarget, Sample, Turn
+from visionllm2.evaluation.runner import build_batch
 from visionllm2.inference.generate import GenerationConfig
 from visionllm2.modeling.builder import build_model
 
@@ -156,3 +157,17 @@ def test_generation_through_links():
         assert max(places, key=lambda q: patches[q].mean()) == p, (c, p)
         mean = patches[p].mean(axis=0)
         assert list(COLORS)[np.abs(colors - mean).sum(axis=1).argmin()] == c, (c, p, mean)
+
+
+def test_a_seed_list_needs_one_seed_per_sample():
+    """decoder_options may give one seed per sample of the batch (the evaluation runner's seeds from
+    item uids); a list of another length is refused, not silently misaligned."""
+    model = tiny_model("gen", "generate").eval()
+    samples = [Sample(images=[], conversation=[Turn("user", f"Draw a {c} square.")]) for c in ("red", "blue")]
+    batch = build_batch(model.processor, samples, ["Here [GEN]", "Here [GEN]"])
+    options = {"gen": {"seed": [1], "num_inference_steps": 2}}
+    with pytest.raises(ValueError, match="one per sample"):
+        model.generate(batch, GenerationConfig(max_new_tokens=2, decoder_options=options))
+    options["gen"]["seed"] = [1, 2]
+    results = model.generate(batch, GenerationConfig(max_new_tokens=2, decoder_options=options))
+    assert [len(r.items) for r in results] == [1, 1]
