@@ -7,7 +7,10 @@ are rotated within each task's samples, so every sample gets a real world image 
 kind, only not its own. Also printed: the size of the LLM's input embeddings at image slots and
 at text positions, and of the answers' loss gradient reaching each.
 
-    python benchmarks/image_reliance.py --model tiny --per-task 48
+    python benchmarks/image_reliance.py --model tiny --per-task 48 [--one-shape]
+
+``--one-shape`` asks about scenes of one shape with no figures or words (the first stage of
+``configs/tiny_curriculum.yaml``), where reading the image is easiest.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 
 import torch
 
+from condition_reliance import ONE_SHAPE
 from visionllm2.modeling.builder import from_pretrained
 from visionllm2.training.data import task_of, world_dataset
 
@@ -34,10 +38,12 @@ def main() -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--per-task", type=int, default=48, help="samples per task")
     p.add_argument("--seed", type=int, default=123, help="world dataset seed (not the training seed 0)")
+    p.add_argument("--one-shape", action="store_true", help="scenes of one shape, no figures or words")
     args = p.parse_args()
     torch.manual_seed(0)
     model = from_pretrained(args.model).eval()
-    data = world_dataset(num=100_000, seed=args.seed, heldout_seed=0)
+    scenes = ONE_SHAPE if args.one_shape else None
+    data = world_dataset(num=100_000, seed=args.seed, heldout_seed=0, config=scenes)
     by_task: dict[str, list] = {t: [] for t in TASKS}
     i = 0
     while any(len(v) < args.per_task for v in by_task.values()):
@@ -46,7 +52,8 @@ def main() -> None:
         t = task_of(s)
         if t in by_task and len(by_task[t]) < args.per_task and len(s.images) == 1:
             by_task[t].append(s)
-    print(f"model {args.model}, {args.per_task} samples per task (world seed {args.seed})\n")
+    kind = "one-shape" if args.one_shape else "world"
+    print(f"model {args.model}, {args.per_task} samples per task (world seed {args.seed}, {kind} scenes)\n")
     print("| task | LM loss, own image | LM loss, another image | difference |")
     print("|---|---|---|---|")
     for t, samples in by_task.items():
