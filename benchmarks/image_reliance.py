@@ -20,17 +20,11 @@ import argparse
 import torch
 
 from condition_reliance import ONE_SHAPE
+from visionllm2.evaluation.reliance import answer_loss_gap, samples_by_task
 from visionllm2.modeling.builder import from_pretrained
-from visionllm2.training.data import task_of, world_dataset
+from visionllm2.training.data import world_dataset
 
 TASKS = ("vqa", "pope", "mc", "region_recog", "caption")
-
-
-def answer_loss(model, batch) -> float:
-    """Mean LM loss per sample over the batch."""
-    with torch.no_grad():
-        out = model(batch, decoders=False)
-    return float(out.lm_loss_per_sample.nanmean())
 
 
 def main() -> None:
@@ -44,23 +38,13 @@ def main() -> None:
     model = from_pretrained(args.model).eval()
     scenes = ONE_SHAPE if args.one_shape else None
     data = world_dataset(num=100_000, seed=args.seed, heldout_seed=0, config=scenes)
-    by_task: dict[str, list] = {t: [] for t in TASKS}
-    i = 0
-    while any(len(v) < args.per_task for v in by_task.values()):
-        s = data[i]
-        i += 1
-        t = task_of(s)
-        if t in by_task and len(by_task[t]) < args.per_task and len(s.images) == 1:
-            by_task[t].append(s)
+    by_task = samples_by_task(data, TASKS, args.per_task)
     kind = "one-shape" if args.one_shape else "world"
     print(f"model {args.model}, {args.per_task} samples per task (world seed {args.seed}, {kind} scenes)\n")
     print("| task | LM loss, own image | LM loss, another image | difference |")
     print("|---|---|---|---|")
     for t, samples in by_task.items():
-        batch = model.processor(samples)
-        own = answer_loss(model, batch)
-        batch.pixel_values = batch.pixel_values.roll(1, dims=0)
-        other = answer_loss(model, batch)
+        own, other = answer_loss_gap(model, samples)
         print(f"| {t} | {own:.4f} | {other:.4f} | {other - own:+.4f} |")
     image_norm, text_norm, image_grad, text_grad = token_sizes(model, by_task["vqa"][:16])
     print(

@@ -7,11 +7,13 @@ itself (vision tower -> projector -> LLM -> answer) carries what the answer need
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from conftest import make_tiny
 from visionllm2.data.sample import Sample, Turn
+from visionllm2.evaluation.reliance import answer_loss_gap, samples_by_task
 from visionllm2.inference.generate import GenerationConfig
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 30), "blue": (30, 30, 220), "yellow": (230, 210, 20)}
@@ -56,9 +58,19 @@ def test_answers_come_from_the_image(one_thread):
 
     # The same answers scored with another sample's image (a quarter share the colour): the loss
     # rises; the answer prior alone would leave it unchanged, as it does for the shipped world model.
-    batch = model.processor([answered(image, colour) for image, colour in held_out])
-    with torch.no_grad():
-        own = model(batch, decoders=False).lm_loss
-        batch.pixel_values = batch.pixel_values.roll(1, dims=0)
-        other = model(batch, decoders=False).lm_loss
-    assert other > own + 0.5, (float(own), float(other))  # measured 0.008 -> 0.94
+    own, other = answer_loss_gap(model, [answered(image, colour) for image, colour in held_out])
+    assert other > own + 0.5, (own, other)  # measured 0.008 -> 0.94 (the loss per token)
+
+
+def test_samples_by_task_takes_the_first_of_each_and_says_when_the_data_runs_short():
+    image = Image.new("RGB", (8, 8))
+    data = [
+        Sample([image], [Turn("user", "<image>\nq"), Turn("assistant", str(i))], task=t)
+        for i, t in enumerate(["vqa", "mc", "vqa", "caption", "vqa", "mc"])
+    ]
+    data.insert(1, Sample([image, image], data[0].conversation, task="vqa"))  # two images: skipped
+    picked = samples_by_task(data, ["vqa", "mc"], 2)
+    assert [s.conversation[1].content for s in picked["vqa"]] == ["0", "2"]
+    assert [s.conversation[1].content for s in picked["mc"]] == ["1", "5"]
+    with pytest.raises(ValueError, match="only {'mc': 2}"):
+        samples_by_task(data, ["vqa", "mc"], 3)
