@@ -25,7 +25,7 @@ def samples_by_task(data: Iterable[Sample], tasks: Sequence[str], per_task: int)
 
 
 def answer_loss_gap(model, samples: Sequence[Sample]) -> tuple[float, float]:
-    """Mean answer LM loss per sample with each sample's own image, and with the next sample's
+    """Mean answer LM loss per sample with each sample's own image, and with the previous one's
     (images rotated by one, so every answer meets a real image of its task, only not its own)."""
     if len(samples) < 2:
         raise ValueError(f"need at least 2 samples to swap their images, got {len(samples)}")
