@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -103,11 +104,11 @@ def _link_seeds(seed: int | Sequence[int], sample: list[int], num_samples: int) 
         return [int(seed) + i for i in range(len(sample))]
     if len(seed) != num_samples:
         raise ValueError(f"seed gives {len(seed)} per-sample seeds for {num_samples} samples: one per sample")
-    taken: dict[int, int] = {}
+    taken: Counter[int] = Counter()
     out = []
     for s in sample:
-        out.append(int(seed[s]) + taken.get(s, 0))
-        taken[s] = taken.get(s, 0) + 1
+        out.append(int(seed[s]) + taken[s])
+        taken[s] += 1
     return out
 
 
