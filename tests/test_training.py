@@ -271,3 +271,24 @@ def test_micro_batches_by_length(tmp_path):
     assert len(hist) == 4 and all(h["loss"] == h["loss"] for h in hist)  # finite, not NaN
     with pytest.raises(ConfigError, match="micro_batch_tokens"):
         load_train_config(HELPERS / "tiny_recipe.yaml", ["micro_batch_tokens=100", "grad_accum=2"])
+
+
+def test_each_run_logs_to_its_own_file(tmp_path):
+    """Two runs in one process (as benchmarks/specialists.py does): the second run's lines go
+    to its own train.log only, and the first run's log file is closed."""
+    sys.path.insert(0, str(HELPERS))
+    import train_script  # noqa: F401  (registers the "toy" dataset)
+
+    from visionllm2.training.engine import Trainer, log
+
+    handlers = list(log.handlers)
+    logs = []
+    for name in ("first", "second"):
+        cfg = load_train_config(HELPERS / "tiny_recipe.yaml", [f"out_dir={tmp_path / name}"])
+        Trainer(cfg, progress=False).run()
+        logs.append((tmp_path / name / "train.log").read_text().splitlines())
+        assert log.handlers == handlers
+    first_now = (tmp_path / "first" / "train.log").read_text().splitlines()
+    steps = sum(s.steps for s in cfg.stages)
+    assert len(first_now) == len(logs[0]) == len(logs[1]) == steps
+    assert all(" step " in line for line in first_now)

@@ -62,6 +62,7 @@ class Trainer:
             raise ValueError("the recipe names no datasets under 'data'")
         self.history: list[dict[str, Any]] = []
         self.writer = None
+        self.log_file: logging.FileHandler | None = None
 
     # -- logging ---------------------------------------------------------------------------
     def _setup_logging(self) -> None:
@@ -69,9 +70,9 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        handler = logging.FileHandler(self.out / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
+        self.log_file = logging.FileHandler(self.out / "train.log")
+        self.log_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(self.log_file)
         log.setLevel(logging.INFO)
         from torch.utils.tensorboard import SummaryWriter
 
@@ -85,10 +86,27 @@ class Trainer:
             self.writer.add_scalar(k, v, global_step)
         log.info("%s step %d %s", stage, global_step, json.dumps({k: round(v, 5) for k, v in values.items()}))
 
+    def _close_logging(self) -> None:
+        """Detach this run's log file (the logger is the module's: a later run in the same
+        process must not write into this run's train.log) and close its TensorBoard writer."""
+        if self.log_file is not None:
+            log.removeHandler(self.log_file)
+            self.log_file.close()
+            self.log_file = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        cfg = self.cfg
         self._setup_logging()
+        try:
+            return self._run()
+        finally:
+            self._close_logging()
+
+    def _run(self) -> dict[str, float]:
+        cfg = self.cfg
         start = TrainPosition(stage=0, step=0)
         ckpt = latest_checkpoint(self.out) if self.resume else None
         if self.resume and ckpt is None and self.dist.is_main:
@@ -118,7 +136,6 @@ class Trainer:
             from visionllm2.training.curves import plot_learning_curves
 
             plot_learning_curves(self.history, self.out / "curves")
-            self.writer.close()
         finish_distributed(self.dist)
         return last
 
