@@ -275,7 +275,7 @@ def test_micro_batches_by_length(tmp_path):
 
 def test_each_run_logs_to_its_own_file(tmp_path):
     """Two runs in one process (as benchmarks/specialists.py does): the second run's lines go
-    to its own train.log only, and the first run's log file is closed."""
+    to its own train.log only, and no finished run's file stays attached to the logger."""
     sys.path.insert(0, str(HELPERS))
     import train_script  # noqa: F401  (registers the "toy" dataset)
 
