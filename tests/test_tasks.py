@@ -27,6 +27,7 @@ from visionllm2.data.synthetic.tasks import (
     scene_things,
 )
 from visionllm2.data.synthetic.world import (
+    CATEGORIES,
     FIGURES,
     Background,
     Scene,
@@ -170,6 +171,24 @@ def _pattern(template: str) -> re.Pattern:
     """A template as a regex: its fields match any text."""
     parts = re.split(r"\{[^}]*\}", template)
     return re.compile("(?s)" + ".+".join(re.escape(p) for p in parts))
+
+
+def test_semantic_questions_ask_for_the_label_set_the_suite_scores(scenes):
+    """Half the semantic questions name every category in the fixed order the world suite asks for
+    (its mIoU covers the whole label set); the others name every present class and some absent ones."""
+    whole, subsets = 0, 0
+    for i, (scene, rendered) in enumerate(scenes * 4):
+        s = build_task("sem_seg", scene, np.random.default_rng(i), rendered=rendered)
+        names = [n for _, n in _links(s)]
+        present = {CATEGORIES[v - 1] for v in np.unique(rendered.semantic) if v > 0}
+        assert present <= set(names) and len(set(names)) == len(names)
+        for name, t in zip(names, s.targets, strict=True):
+            assert (len(t.masks) == 1 and t.masks[0].any()) if name in present else len(t.masks) == 0
+        if names == list(CATEGORIES):
+            whole += 1
+        else:
+            subsets += 1
+    assert whole >= 12 and subsets >= 12, (whole, subsets)
 
 
 def test_heldout_phrasing_never_uses_training_questions(scenes):

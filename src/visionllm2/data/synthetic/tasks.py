@@ -530,9 +530,14 @@ def build_inst_seg(ctx: _Ctx) -> Sample:
 
 
 def build_sem_seg(ctx: _Ctx) -> Sample:
+    """Half the questions ask for the whole label set in its fixed order, as semantic segmentation is
+    used (and as the world suite scores it); the others for the present classes and some absent ones."""
     sem = ctx.rendered.semantic
-    present = {CATEGORIES[v - 1] for v in np.unique(sem) if v > 0}
-    names = B.sample_class_names(present, CATEGORIES, ctx.rng, max_names=6)
+    if ctx.rng.random() < 0.5:
+        names = list(CATEGORIES)
+    else:
+        present = {CATEGORIES[v - 1] for v in np.unique(sem) if v > 0}
+        names = B.sample_class_names(present, CATEGORIES, ctx.rng, max_names=len(CATEGORIES))
     classes = [(n, sem == CATEGORIES.index(n) + 1) for n in names]
     return B.semantic_sample(ctx.rendered.image, classes, ctx.rng, phrasing=ctx.phrasing, meta=ctx.meta())
 

@@ -1,0 +1,78 @@
+"""Semantic segmentation with the whole label set asked, against fewer classes.
+
+The world suite scores semantic segmentation by asking for every category at once (mIoU over the
+whole label set). This asks the same scenes three ways and scores each with the suite's mIoU:
+
+- ``all``: every category, as the suite does;
+- ``six``: the present classes, then absent ones up to six names (the largest question the world
+  data asked before 2026-11-27);
+- ``present``: only the classes in the scene. An oracle: it tells the model which classes exist,
+  so it is not a score, only how much of the gap to it comes from absent classes.
+
+    python benchmarks/semantic_label_set.py --model tiny --limit 30 --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+
+import numpy as np
+
+from visionllm2.evaluation import world
+from visionllm2.evaluation.runner import evaluate
+from visionllm2.modeling.builder import from_pretrained
+
+ALL = world.CATEGORIES
+MODES = ("all", "six", "present")
+
+
+@contextlib.contextmanager
+def asked(names: tuple[str, ...]):
+    """The suite builds its semantic question from ``world.CATEGORIES``: name other classes for one item."""
+    world.CATEGORIES = names
+    try:
+        yield
+    finally:
+        world.CATEGORIES = ALL
+
+
+class LabelSetSuite(world.WorldSuite):
+    """The world suite's semantic items, each asking for the classes that ``mode`` picks."""
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        super().__init__(tasks="sem_seg", **kwargs)
+        self.mode = mode
+
+    def _build(self, split, task, k, scene, rendered, rng, phrasing):
+        if self.mode == "all":
+            return super()._build(split, task, k, scene, rendered, rng, phrasing)
+        present = [c for i, c in enumerate(ALL) if (rendered.semantic == i + 1).any()]
+        absent = [c for c in ALL if c not in present]
+        names = present if self.mode == "present" else present + absent[: max(0, 6 - len(present))]
+        np.random.default_rng(k).shuffle(names)
+        with asked(tuple(names)):
+            return super()._build(split, task, k, scene, rendered, rng, phrasing)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--limit", type=int, default=30, help="scenes per mode")
+    p.add_argument("--split", default="test", choices=world.WORLD_SPLITS)
+    args = p.parse_args()
+    model = from_pretrained(args.model)
+    print(f"model {args.model}, {args.limit} {args.split} scenes\n")
+    print("| classes asked | mIoU | mAcc | aAcc |")
+    print("|---|---|---|---|")
+    for mode in MODES:
+        suite = LabelSetSuite(mode, limit=args.limit, splits=args.split)
+        with tempfile.TemporaryDirectory() as out:
+            summary = evaluate(model, suite, out, progress=False)
+        s = summary["scores"][args.split]["sem_seg"]
+        print(f"| {mode} | {s['mIoU']:.1f} | {s['mAcc']:.1f} | {s['aAcc']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
