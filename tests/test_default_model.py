@@ -71,30 +71,31 @@ def test_loads_by_name_after_a_wheel_install(tmp_path):
 
 # Issue 6's targets on the held-out test split (the world suite's headline metric, in %) and what
 # the shipped model scored on this test's sample (``visionllm2 eval --model tiny --benchmark world
-# --splits test --limit 24``, 2026-11-26; edit re-measured 2026-11-27 when an edit began to count
-# only when its change is found: 31.2 before; gen and edit again when the runner began seeding each
-# item's sampling noise: gen 0.0 before). No target is reached yet: each target check is a strict
-# xfail that turns into a failure, asking for the marker to go, once a retrained model reaches it.
+# --splits test --limit 24``, 2026-11-27, the four-stage model). A task whose recorded score is below
+# its threshold is a strict xfail, which turns into a failure once a retrained model reaches it, asking
+# for its score here to be updated. Only detection reaches its threshold on this sample (the 50-item
+# scores in the README are still below the target).
 TARGETS = {
-    "vqa": ("accuracy", 90.0, 16.7),
-    "pope": ("f1", 90.0, 42.1),
-    "mc": ("accuracy", 90.0, 25.0),
-    "det": ("box_AP", 50.0, 40.7),
-    "inst_seg": ("mask_AP", 40.0, 26.4),
-    "sem_seg": ("mIoU", 70.0, 10.9),
-    "grd": ("accuracy", 80.0, 54.2),
-    "pose": ("keypoint_AP", 50.0, 0.3),
-    "gen": ("verifier_accuracy", 70.0, 0.9),
+    "vqa": ("accuracy", 90.0, 25.0),
+    "pope": ("f1", 90.0, 66.7),
+    "mc": ("accuracy", 90.0, 20.8),
+    "det": ("box_AP", 50.0, 46.6),
+    "inst_seg": ("mask_AP", 40.0, 28.5),
+    "sem_seg": ("mIoU", 70.0, 16.4),
+    "grd": ("accuracy", 80.0, 62.5),
+    "pose": ("keypoint_AP", 50.0, 0.8),
+    "gen": ("verifier_accuracy", 70.0, 1.9),
     "edit": ("verifier_accuracy", 60.0, 0.0),
 }
 SAMPLE = 24  # test items per task: small enough for CI; the margins allow for its noise
 TARGET_MARGIN = 5.0  # "a little below the targets"
 # Where the shipped model works, it must keep working: a model with random weights scores ~0 on
 # each of these, so a broken export, loader or decoder path fails here. Its edits rarely make the
-# requested change, but they redraw the source scene (27.1% of the shapes on this sample).
+# requested change, but they redraw the source scene (26.1% of the shapes on this sample).
 FLOORS = {
     "det": ("box_AP", 30.0),
     "inst_seg": ("mask_AP", 15.0),
+    "sem_seg": ("mIoU", 10.0),
     "grd": ("accuracy", 40.0),
     "edit": ("shape_accuracy", 20.0),
 }
@@ -123,7 +124,9 @@ def _score(scores, task: str, metric: str) -> float:
     [
         pytest.param(
             t,
-            marks=pytest.mark.xfail(
+            marks=()
+            if got >= target - TARGET_MARGIN
+            else pytest.mark.xfail(
                 strict=True, reason=f"target {target:g} not reached: the shipped model scored {got:g}"
             ),
         )
