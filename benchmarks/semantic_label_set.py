@@ -15,7 +15,6 @@ whole label set). This asks the same scenes three ways and scores each with the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 
 import numpy as np
@@ -28,16 +27,6 @@ ALL = world.CATEGORIES
 MODES = ("all", "six", "present")
 
 
-@contextlib.contextmanager
-def asked(names: tuple[str, ...]):
-    """The suite builds its semantic question from ``world.CATEGORIES``: name other classes for one item."""
-    world.CATEGORIES = names
-    try:
-        yield
-    finally:
-        world.CATEGORIES = ALL
-
-
 class LabelSetSuite(world.WorldSuite):
     """The world suite's semantic items, each asking for the classes that ``mode`` picks."""
 
@@ -45,15 +34,14 @@ class LabelSetSuite(world.WorldSuite):
         super().__init__(tasks="sem_seg", **kwargs)
         self.mode = mode
 
-    def _build(self, split, task, k, scene, rendered, rng, phrasing):
+    def semantic_classes(self, k, rendered):
         if self.mode == "all":
-            return super()._build(split, task, k, scene, rendered, rng, phrasing)
+            return super().semantic_classes(k, rendered)
         present = [c for i, c in enumerate(ALL) if (rendered.semantic == i + 1).any()]
         absent = [c for c in ALL if c not in present]
         names = present if self.mode == "present" else present + absent[: max(0, 6 - len(present))]
         np.random.default_rng(k).shuffle(names)
-        with asked(tuple(names)):
-            return super()._build(split, task, k, scene, rendered, rng, phrasing)
+        return tuple(names)
 
 
 def main() -> None:

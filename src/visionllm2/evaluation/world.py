@@ -394,10 +394,10 @@ class WorldSuite(Benchmark):
             ref = {"names": names, "gt": gts, "size": rendered.image.size}
             return _Case(split, task, ask(s), forced, ref)
         if task == "sem_seg":
-            # Every category is asked for, so mIoU covers the whole label set (background ignored).
-            classes = [(c, rendered.semantic == i + 1) for i, c in enumerate(CATEGORIES)]
+            names = self.semantic_classes(k, rendered)
+            classes = [(c, rendered.semantic == CATEGORIES.index(c) + 1) for c in names]
             s = B.semantic_sample(rendered.image, classes, rng, phrasing=phrasing)  # type: ignore[arg-type]
-            forced = T.link_list(list(CATEGORIES), ROUTING_TOKENS["seg"])
+            forced = T.link_list(list(names), ROUTING_TOKENS["seg"])
             return _Case(split, task, ask(s), forced, {"semantic": rendered.semantic})
         if task in ("grd", "ref_seg"):
             s = make(task)
@@ -434,6 +434,11 @@ class WorldSuite(Benchmark):
             }
             return _Case(split, task, ask(s), through_last_link(T.ANSWERS["edit"][0]), ref)
         raise ValueError(f"unknown world task {task!r}")
+
+    def semantic_classes(self, k: int, rendered: Rendered) -> tuple[str, ...]:
+        """The classes semantic item ``k`` asks for: every category, so mIoU covers the whole label set
+        (background ignored). ``benchmarks/semantic_label_set.py`` asks for fewer."""
+        return CATEGORIES
 
     # -- records ------------------------------------------------------------------------------
     def record(self, item: EvalItem, result: Result, *, out_dir: Path) -> dict[str, Any]:
