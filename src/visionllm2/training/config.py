@@ -50,11 +50,14 @@ class StageSpec:
 @dataclass
 class ModelSpec:
     """Where the model comes from: a model config file (JSON/YAML) or a preset ("tiny"),
-    with overrides, or an existing model folder to continue from."""
+    with overrides, or an existing model folder to continue from (``init``). With ``init``,
+    ``overrides`` change that model's config and ``reinit`` lists the prefixes of the tensors
+    that start as built instead of from its weights (see ``modeling.builder.adapt_pretrained``)."""
 
     config: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
+    reinit: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +112,11 @@ class TrainConfig:
                 )
         if not self.stages:
             raise ConfigError("the recipe needs at least one entry under 'stages'")
+        if self.model.reinit and self.model.init is None:
+            raise ConfigError(
+                "model.reinit names tensors to start fresh in the model of model.init, but model.init "
+                "is unset: set it, or drop reinit (a model built from model.config starts fresh anyway)"
+            )
         names = [d.name for d in self.data]
         if len(set(names)) != len(names):
             raise ConfigError(f"dataset names must be unique, got {names}")
