@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -241,13 +242,14 @@ def test_from_pretrained_missing_folder(tmp_path):
         VisionLLM2Model.from_pretrained(tmp_path)
 
 
-def _with_grounding(backbone: dict) -> VisionLLM2Model:
+def _with_grounding(backbone: dict, llm_path: str | None = None) -> VisionLLM2Model:
     torch.manual_seed(0)
     kwargs = {"pixel_size": 64, "backbone": backbone, "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64}
     kwargs |= {"num_encoder_layers": 1, "num_decoder_layers": 1, "num_queries": 10, "dn_number": 0}
     kwargs |= {"semantic_threshold": 0.3}
     cfg = tiny_config(grounding=DecoderConfig(type="grounding", link_dim=16, kwargs=kwargs))
     cfg.families["det"].decoder = "grounding"
+    cfg.llm.path = llm_path
     return build_model(cfg)
 
 
@@ -260,8 +262,17 @@ NEW_INPUTS = [
 
 
 def test_adapt_pretrained_swaps_a_backbone_and_keeps_every_other_tensor(tmp_path):
-    model = _with_grounding({"type": "cnn", "channels": [8, 16, 24, 32]})
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    # A real-scale-style LLM loaded from a folder, which is gone by the time the model is adapted:
+    # like from_pretrained, adapting rebuilds it from the saved architecture.
+    hf = LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(hf).save_pretrained(tmp_path / "llm")
+    model = _with_grounding({"type": "cnn", "channels": [8, 16, 24, 32]}, llm_path=str(tmp_path / "llm"))
     model.save_pretrained(tmp_path / "m")
+    shutil.rmtree(tmp_path / "llm")
     adapted = adapt_pretrained(tmp_path / "m", overrides=SWAP, reinit=NEW_INPUTS)
     assert type(adapted.decoders["grounding"].backbone).__name__ == "MobileNetV2Backbone"
     old, new = model.state_dict(), adapted.state_dict()

@@ -69,12 +69,17 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
 
 
 def build_model(
-    config: ModelConfig, *, tokenizer: PreTrainedTokenizerBase | None = None, load_weights: bool = True
+    config: ModelConfig,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    load_weights: bool = True,
+    load_backbones: bool | None = None,
 ) -> VisionLLM2Model:
     """Build every part from ``config`` and inject them into :class:`VisionLLM2Model`.
 
     ``load_weights=False`` builds real-scale parts from their saved architecture only (used
-    by :func:`from_pretrained`, which then loads the whole state dict).
+    by :func:`from_pretrained`, which then loads the whole state dict). ``load_backbones``: whether
+    the decoders' pretrained backbones load their weights (default: as ``load_weights``).
     """
     config.validate()
     new_ids: list[int] = []
@@ -90,7 +95,7 @@ def build_model(
     decoders = {}
     for name, dc in config.decoders.items():
         kwargs = dict(dc.kwargs)
-        if not load_weights and "backbone" in kwargs:
+        if not (load_weights if load_backbones is None else load_backbones) and "backbone" in kwargs:
             kwargs["backbone"] = _without_pretrained(kwargs["backbone"])
         decoders[name] = decoder_class(dc.type)(link_dim=dc.link_dim, **kwargs)
     super_link = SuperLink(
@@ -205,17 +210,20 @@ def adapt_pretrained(
 ) -> VisionLLM2Model:
     """A saved model with part of it changed: its config with ``overrides`` applied, every tensor
     loaded from its weights except those under a ``reinit`` prefix, which start as built (a
-    pretrained backbone with its pretrained weights, anything else freshly initialised).
+    decoder's pretrained backbone with its pretrained weights, anything else freshly initialised).
 
     E.g. ``overrides={"decoders.grounding.kwargs.backbone": {"type": "mobilenet_v2"}}`` with
     ``reinit=["decoders.grounding.backbone", "decoders.grounding.input_proj",
     "decoders.grounding.mask_lateral"]`` swaps the grounding decoder's backbone and keeps the rest.
-    Anything else that the overrides change and no prefix covers is an error, never a silent skip."""
+    Anything else that the overrides change and no prefix covers is an error, never a silent skip.
+    The vision tower and LLM are built from their saved architecture, as :func:`from_pretrained`
+    builds them (their original folders need not exist); only decoder backbones load pretrained
+    weights when built."""
     path = _model_folder(path)
     config = ModelConfig.load(path / CONFIG_NAME)
     if overrides:
         config = ModelConfig.from_dict(apply_overrides(config.to_dict(), overrides))
-    model = build_model(config, tokenizer=load_tokenizer(str(path)), load_weights=True)
+    model = build_model(config, tokenizer=load_tokenizer(str(path)), load_weights=False, load_backbones=True)
     own = model.state_dict()
     prefixes = list(reinit)
     unused = [p for p in prefixes if not any(_under(k, p) for k in own)]
