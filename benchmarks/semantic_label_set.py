@@ -26,8 +26,6 @@ import numpy as np
 
 from visionllm2.evaluation import world
 from visionllm2.evaluation.runner import evaluate
-from visionllm2.evaluation.segmentation import confusion_matrix
-from visionllm2.evaluation.suites import semantic_from_record
 from visionllm2.modeling.builder import from_pretrained
 
 ALL = world.CATEGORIES
@@ -81,13 +79,7 @@ def main() -> None:
 def confusion(suite: LabelSetSuite, model, predictions: Path) -> np.ndarray:
     """(C, C+1) pixel counts, true class by predicted class (the last: none), over the suite's items."""
     records = {r["uid"]: r for r in map(json.loads, predictions.read_text().splitlines())}
-    c = len(ALL)
-    cm = np.zeros((c + 1, c + 1), dtype=np.int64)
-    for it in suite.items(model):
-        gt = it.ref.ref["semantic"]
-        pred = semantic_from_record(records[it.uid]["semantic"], list(ALL), (gt.shape[1], gt.shape[0]))
-        cm += confusion_matrix(pred, gt, num_classes=c + 1, reduce_zero=True)
-    return cm[:c]
+    return world.semantic_confusion([(it.ref, records[it.uid]) for it in suite.items(model)])[: len(ALL)]
 
 
 if __name__ == "__main__":

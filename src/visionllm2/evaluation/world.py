@@ -78,7 +78,15 @@ from visionllm2.evaluation.vqa import normalize_answer
 from visionllm2.inference.results import Detection, GeneratedImage, Result
 from visionllm2.modeling.model import VisionLLM2Model
 
-__all__ = ["WORLD_TASKS", "WORLD_SPLITS", "DEFAULT_NUM", "WorldSuite", "link_names", "label_in_answer"]
+__all__ = [
+    "WORLD_TASKS",
+    "WORLD_SPLITS",
+    "DEFAULT_NUM",
+    "WorldSuite",
+    "link_names",
+    "label_in_answer",
+    "semantic_confusion",
+]
 
 WORLD_TASKS: tuple[str, ...] = (
     "vqa", "pope", "mc", "det", "inst_seg", "sem_seg", "grd", "ref_seg", "region_recog", "pose", "gen",
@@ -157,6 +165,18 @@ def _outside_error(image: Any, target: Any, shapes: list[dict[str, Any] | None],
                 max(0, int(cx - half)) : int(np.ceil(cx + half)),
             ] = False
     return float(np.abs(a - b)[keep].mean())
+
+
+def semantic_confusion(group: Sequence[tuple[Any, Mapping[str, Any]]]) -> np.ndarray:
+    """(C+1, C+1) pixel counts over the categories, true class by predicted class (the last: no class),
+    background ignored, from semantic items' cases and their records."""
+    c = len(CATEGORIES)
+    cm = np.zeros((c + 1, c + 1), dtype=np.int64)
+    for case, rec in group:
+        gt = case.ref["semantic"]
+        pred = semantic_from_record(rec["semantic"], list(CATEGORIES), (gt.shape[1], gt.shape[0]))
+        cm += confusion_matrix(pred, gt, num_classes=c + 1, reduce_zero=True)
+    return cm
 
 
 class WorldSuite(Benchmark):
@@ -572,13 +592,7 @@ class WorldSuite(Benchmark):
         if task == "sem_seg":
             if all(r["semantic"] is None for _, r in group):
                 return _unavailable("the seg decoder returns no semantic maps")
-            classes = list(CATEGORIES)
-            cm = np.zeros((len(classes) + 1, len(classes) + 1), dtype=np.int64)
-            for c, r in group:
-                gt = c.ref["semantic"]
-                pred = semantic_from_record(r["semantic"], classes, (gt.shape[1], gt.shape[0]))
-                cm += confusion_matrix(pred, gt, num_classes=len(classes) + 1, reduce_zero=True)
-            ms = miou_scores(cm, classes)
+            ms = miou_scores(semantic_confusion(group), list(CATEGORIES))
             return {"mIoU": ms["mIoU"], "mAcc": ms["mAcc"], "aAcc": ms["aAcc"], "num": n}
         if task in ("grd", "ref_seg"):
             out = {

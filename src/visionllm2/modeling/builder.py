@@ -216,9 +216,12 @@ def adapt_pretrained(
     ``reinit=["decoders.grounding.backbone", "decoders.grounding.input_proj",
     "decoders.grounding.mask_lateral"]`` swaps the grounding decoder's backbone and keeps the rest.
     Anything else that the overrides change and no prefix covers is an error, never a silent skip.
+    With neither, this is :func:`from_pretrained`.
     The vision tower and LLM are built from their saved architecture, as :func:`from_pretrained`
     builds them (their original folders need not exist); only decoder backbones load pretrained
     weights when built."""
+    if not overrides and not reinit:
+        return from_pretrained(path)
     path = _model_folder(path)
     config = ModelConfig.load(path / CONFIG_NAME)
     if overrides:

@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from visionllm2.config import atomic_write_text
-from visionllm2.modeling.builder import adapt_pretrained, build_model, from_pretrained
+from visionllm2.modeling.builder import adapt_pretrained, build_model
 from visionllm2.training.checkpoint import (
     TrainPosition,
     latest_checkpoint,
@@ -53,10 +53,8 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         spec = cfg.model
-        if spec.init is not None and (spec.overrides or spec.reinit):
+        if spec.init is not None:
             self.model = adapt_pretrained(spec.init, overrides=spec.overrides, reinit=spec.reinit)
-        elif spec.init is not None:
-            self.model = from_pretrained(spec.init)
         else:
             self.model = build_model(load_model_config(cfg.model))
         self.model.to(self.dist.device).train()
