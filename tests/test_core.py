@@ -210,6 +210,14 @@ def test_config_round_trip_and_errors(tmp_path):
         cfg.with_overrides({"families.det.decoder": "nope"})
     with pytest.raises(ConfigError, match="unknown config key"):
         cfg.with_overrides({"llm.depth": 2})
+    # A decoder's kwargs may gain an argument: the decoder's constructor is what checks it.
+    cfg = tiny_config(grounding=DecoderConfig(type="grounding", link_dim=16, kwargs={"hidden_dim": 32}))
+    assert cfg.with_overrides({"decoders.grounding.kwargs.num_queries": 7}).decoders["grounding"].kwargs == {
+        "hidden_dim": 32,
+        "num_queries": 7,
+    }
+    with pytest.raises(ConfigError, match="unknown config key"):
+        cfg.with_overrides({"decoders.grounding.kwargz.num_queries": 7})
 
 
 def test_siglip_tower(photos):
@@ -287,6 +295,36 @@ def test_adapt_pretrained_swaps_a_backbone_and_keeps_every_other_tensor(tmp_path
     # Overrides that change no tensor need no reinit (they were ignored with init before).
     tuned = adapt_pretrained(tmp_path / "m", overrides={"decoders.grounding.kwargs.semantic_threshold": 0.5})
     assert tuned.decoders["grounding"].semantic_threshold == 0.5
+
+
+def test_adapt_pretrained_copies_one_decoder_into_another(tmp_path):
+    torch.manual_seed(0)
+    kw = {"pixel_size": 64, "backbone": {"type": "cnn", "channels": [8, 16, 24, 32]}, "hidden_dim": 32}
+    kw |= {"num_heads": 2, "ffn_dim": 64, "num_encoder_layers": 1, "num_queries": 10, "dn_number": 0}
+    cfg = tiny_config(
+        a=DecoderConfig(type="grounding", link_dim=16, kwargs={**kw, "num_decoder_layers": 2}),
+        b=DecoderConfig(type="grounding", link_dim=16, kwargs={**kw, "num_decoder_layers": 1}),
+    )
+    cfg.families["det"].decoder, cfg.families["seg"].decoder = "a", "b"
+    model = build_model(cfg)
+    model.save_pretrained(tmp_path / "m")
+    adapted = adapt_pretrained(
+        tmp_path / "m", copy={"decoders.b": "decoders.a"}, reinit=["decoders.b.class_head"]
+    )
+    old, new = model.state_dict(), adapted.state_dict()
+    b_keys = [k for k in new if k.startswith("decoders.b.")]
+    copied = [k for k in b_keys if torch.equal(new[k], old["decoders.a." + k[len("decoders.b.") :]])]
+    # Everything of b with a same-named, same-shaped tensor in a: its one decoder layer is a's first.
+    assert (
+        "decoders.b.decoder.0.ffn.0.weight" in copied and "decoders.b.backbone.stages.0.0.0.weight" in copied
+    )
+    assert len(copied) > 50
+    # The rest keeps its own weights: a's tensors, and b's where a has none of that shape.
+    assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith("decoders.b."))
+    own_shape = [k for k in b_keys if k not in copied and not k.startswith("decoders.b.class_head")]
+    assert all(torch.equal(new[k], old[k]) for k in own_shape)
+    with pytest.raises(ValueError, match="no tensor under 'decoders.b'"):
+        adapt_pretrained(tmp_path / "m", copy={"decoders.b": "decoders.c"})
 
 
 def test_a_saved_pretrained_backbone_loads_without_its_weights_source(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 from perception_scenes import SKELETONS, overfit_decoder, pose_inputs, shapes_scene, to_pixels
 from visionllm2.data.sample import LinkTarget
 from visionllm2.decoders import Links, decoder_class
-from visionllm2.decoders.pose import PoseDecoder, group_pose_links
+from visionllm2.decoders.pose import KeypointDecoderLayer, PoseDecoder, group_pose_links
 from visionllm2.evaluation.detection import coco_evaluate, ground_truth_from_targets
 from visionllm2.inference.results import Detection
 
@@ -96,9 +96,11 @@ def test_grouping_rule():
     assert group_pose_links([]) == []
 
 
-def test_training_losses_are_finite_and_reach_every_parameter_and_the_links():
+@pytest.mark.parametrize("grid", [0, 3])
+def test_training_losses_are_finite_and_reach_every_parameter_and_the_links(grid):
     links, pixels, targets = _batch()
-    dec = PoseDecoder(**TINY).train()
+    dec = PoseDecoder(**TINY, keypoint_sample_grid=grid).train()
+    assert (dec.kp_layers[0].point_proj is not None) == (grid > 0)
     losses = dec(links, pixels, targets)
     for k in ("class", "bbox", "giou", "keypoints", "oks", "visibility"):
         assert f"loss_{k}" in losses
@@ -173,3 +175,39 @@ def test_unannotated_samples_add_no_loss():
     partial = targets[:9] + [None] * 5
     losses = dec(links, pixels, partial)
     assert float(losses["loss_keypoints"]) > 0
+
+
+def test_keypoint_layer_samples_a_grid_around_each_keypoint():
+    # One level, 8x8 cells, a single lit cell at row 2, column 5; a keypoint at that cell's centre
+    # must see it in the middle of its 3x3 grid, and each neighbour one cell away in its place.
+    layer = KeypointDecoderLayer(dim=4, heads=1, ffn_dim=8, dropout=0.0, sample_grid=3)
+    level = torch.zeros(1, 4, 8, 8)
+    level[0, 0, 2, 5] = 1.0
+    level[0, 1, 2, 6] = 1.0  # the cell to its right
+    level[0, 2, 1, 5] = 1.0  # the cell above
+    seen = {}
+    layer.point_proj.register_forward_hook(lambda mod, inp, out: seen.update(local=inp[0]))
+    xy = torch.tensor([(5 + 0.5) / 8, (2 + 0.5) / 8]).view(1, 1, 1, 1, 2)
+    kps = torch.zeros(1, 1, 1, 1, 4)
+    layer(
+        kps,
+        kps,
+        torch.zeros(1, 1, 4),
+        torch.zeros(1, 1, 1, dtype=torch.bool),
+        torch.zeros(1, 64, 4),
+        torch.zeros(1, 64, 4),
+        xy,
+        [level],
+    )
+    grid = seen["local"].view(3, 3, 4)  # (row, column, channel)
+    assert grid[1, 1, 0] == 1 and grid[1, 2, 1] == 1 and grid[0, 1, 2] == 1
+    assert grid.sum() == 3
+    with pytest.raises(ValueError, match="xy and the memory levels"):
+        layer(
+            kps,
+            kps,
+            torch.zeros(1, 1, 4),
+            torch.zeros(1, 1, 1, dtype=torch.bool),
+            torch.zeros(1, 64, 4),
+            torch.zeros(1, 64, 4),
+        )

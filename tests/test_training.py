@@ -166,9 +166,10 @@ def test_recipe_errors(tmp_path):
     p.write_text("stages: [{name: s, steps: 1}]\nbatch_sise: 3\n")
     with pytest.raises(ConfigError, match="batch_sise"):
         load_train_config(p)
-    p.write_text("model: {reinit: [decoders.grounding.backbone]}\nstages: [{name: s, steps: 1}]\n")
-    with pytest.raises(ConfigError, match="model.init is unset"):
-        load_train_config(p)
+    for change in ("reinit: [decoders.grounding.backbone]", "copy: {decoders.pose: decoders.grounding}"):
+        p.write_text(f"model: {{{change}}}\nstages: [{{name: s, steps: 1}}]\n")
+        with pytest.raises(ConfigError, match="model.init is unset"):
+            load_train_config(p)
     cfg = load_train_config(
         HELPERS / "tiny_recipe.yaml", ["stages.0.steps=7", "model.overrides.llm.num_layers=1"]
     )

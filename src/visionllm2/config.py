@@ -181,7 +181,8 @@ class ModelConfig:
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``"llm.num_layers"``) in nested dicts; unknown keys are an error."""
+    """Set dotted keys (``"llm.num_layers"``) in nested dicts; unknown keys are an error, except
+    in a decoder's ``kwargs``, which may gain any argument (its constructor checks them)."""
     for key, value in overrides.items():
         node = data
         parts = key.split(".")
@@ -189,7 +190,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             if not isinstance(node, dict) or p not in node or not isinstance(node[p], dict):
                 raise ConfigError(f"unknown config key {key!r}")
             node = node[p]
-        if parts[-1] not in node:
+        if parts[-1] not in node and (len(parts) < 2 or parts[-2] != "kwargs"):
             raise ConfigError(f"unknown config key {key!r}")
         node[parts[-1]] = value
     return data

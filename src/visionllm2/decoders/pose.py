@@ -15,8 +15,12 @@ fusion encoder, query selection and instance decoder, without masks or denoising
    mean link) + a learned slot embedding for its place in the skeleton + instance query,
    initial position = instance box centre + a learned offset inside the box;
 4. keypoint layers: self-attention among an instance's keypoints (and its instance query),
-   cross-attention to the image tokens at the keypoint's position, FFN; each layer refines the
-   positions in logit space and predicts a visibility logit (the keypoint's score).
+   cross-attention to the image tokens (the query carries the keypoint's position), FFN; each
+   layer refines the positions in logit space and predicts a visibility logit (the keypoint's
+   score). UniPose reads the image at the keypoint through deformable attention; standard
+   attention over all image tokens does not find the keypoint's neighbourhood by itself, so
+   ``keypoint_sample_grid`` k > 0 adds what the image holds on a k x k grid around it
+   (:class:`KeypointDecoderLayer`). Off by default, as in models saved before it existed.
 
 Losses (:mod:`visionllm2.losses.pose`): focal class, L1 + GIoU boxes, keypoint L1 and OKS.
 
@@ -54,6 +58,7 @@ from visionllm2.ops.boxes import (
     normalize_boxes,
 )
 from visionllm2.ops.keypoints import canonical_keypoint_name, keypoint_sigmas
+from visionllm2.ops.masks import point_sample
 
 Group = tuple[int, list[int]]  # (category column, keypoint columns) within one sample's links
 
@@ -98,14 +103,23 @@ def group_pose_links(
 
 class KeypointDecoderLayer(nn.Module):
     """Keypoint layer: self-attention within an instance (its keypoints + its instance query),
-    cross-attention of all keypoint queries to the image tokens, FFN; post-norm."""
+    cross-attention of all keypoint queries to the image tokens, FFN; post-norm.
 
-    def __init__(self, *, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
+    With ``sample_grid`` k > 0 each keypoint query also reads the image around where it stands:
+    a k x k grid of points centred on the keypoint, one cell of the finest memory level apart,
+    each bilinearly sampled from every level (summed), the k*k vectors projected together so
+    their layout is kept (which side of the keypoint the figure is on). Global attention alone
+    has to learn locality from position embeddings, which a keypoint needs at pixel precision.
+    """
+
+    def __init__(self, *, dim: int, heads: int, ffn_dim: int, dropout: float, sample_grid: int = 0) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.img_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
-        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4 if sample_grid else 3))
+        self.sample_grid = sample_grid
+        self.point_proj = nn.Linear(sample_grid * sample_grid * dim, dim) if sample_grid else None
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -116,9 +130,13 @@ class KeypointDecoderLayer(nn.Module):
         kp_pad: torch.Tensor,
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
+        xy: torch.Tensor | None = None,
+        levels: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """kps/kp_pos (S, Q, G, P, D); instance (S, Q, D); kp_pad (S, G, P) True = no such
-        keypoint; memory/memory_pos (S, N, D) -> (S, Q, G, P, D)."""
+        keypoint; memory/memory_pos (S, N, D); with ``sample_grid``, xy (S, Q, G, P, 2) the
+        keypoints' normalised positions and levels the memory as (S, D, h, w) maps
+        -> (S, Q, G, P, D)."""
         s, q, g, p, d = kps.shape
         flat = kps.reshape(s * q * g, p, d)  # (S*Q*G, P, D)
         flat_pos = kp_pos.reshape(s * q * g, p, d)
@@ -133,6 +151,18 @@ class KeypointDecoderLayer(nn.Module):
         tokens_pos = flat_pos.reshape(s, q * g * p, d)
         x = self.img_attn(tokens + tokens_pos, memory + memory_pos, memory, need_weights=False)[0]
         tokens = self.norms[1](tokens + self.dropout(x))
+        if self.point_proj is not None:
+            if xy is None or levels is None:
+                raise ValueError("a sampling keypoint layer needs the keypoints' xy and the memory levels")
+            k = self.sample_grid
+            h, w = levels[0].shape[-2:]
+            steps = torch.arange(k, device=xy.device, dtype=xy.dtype) - (k - 1) / 2
+            dy, dx = torch.meshgrid(steps / h, steps / w, indexing="ij")
+            offsets = torch.stack([dx.flatten(), dy.flatten()], dim=-1)  # (k*k, 2)
+            grid = (xy.reshape(s, q * g * p, 1, 2) + offsets).reshape(s, q * g * p * k * k, 2)
+            local = sum(point_sample(level, grid) for level in levels)  # (S, D, Q*G*P*k*k)
+            local = local.reshape(s, d, q * g * p, k * k).permute(0, 2, 3, 1).reshape(s, q * g * p, -1)
+            tokens = self.norms[3](tokens + self.dropout(self.point_proj(local)))
         tokens = self.norms[2](tokens + self.dropout(self.ffn(tokens)))
         return tokens.reshape(s, q, g, p, d)
 
@@ -165,6 +195,7 @@ class PoseDecoder(GroundingDecoder):
         focal_alpha: float = 0.25,
         default_sigma: float = 0.05,
         max_keypoints: int = 64,
+        keypoint_sample_grid: int = 0,
         **kwargs: Any,
     ) -> None:
         for key in ("mask_on", "dn_number", "seg_outputs"):
@@ -188,7 +219,9 @@ class PoseDecoder(GroundingDecoder):
         self.kp_init_head = MLP(in_dim=2 * d, hidden_dim=d, out_dim=2, num_layers=2)
         self.kp_pos_head = MLP(in_dim=d, hidden_dim=d, out_dim=d, num_layers=2)
         self.kp_layers = nn.ModuleList(
-            KeypointDecoderLayer(dim=d, heads=heads, ffn_dim=ffn_dim, dropout=dropout)
+            KeypointDecoderLayer(
+                dim=d, heads=heads, ffn_dim=ffn_dim, dropout=dropout, sample_grid=keypoint_sample_grid
+            )
             for _ in range(num_keypoint_layers)
         )
         self.kp_norm = nn.LayerNorm(d)
@@ -314,11 +347,19 @@ class PoseDecoder(GroundingDecoder):
         kp_pad: torch.Tensor,
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
+        shapes: list[tuple[int, int]],
     ) -> list[dict[str, torch.Tensor]]:
         """hs (S, Q, D) instance queries, boxes (S, Q, 4), kp_text (S, G, P, D) keypoint-link
-        embeddings -> ``keypoints`` (S, Q, G, P, 2) and ``visibility`` (S, Q, G, P) of the initial
-        guess and of every keypoint layer (the last entry is the prediction)."""
+        embeddings, memory (S, N, D) over levels of ``shapes`` -> ``keypoints`` (S, Q, G, P, 2)
+        and ``visibility`` (S, Q, G, P) of the initial guess and of every keypoint layer (the
+        last entry is the prediction)."""
         s, q, d = hs.shape
+        levels = None  # the memory as (S, D, h, w) maps, for layers that sample the image
+        if any(layer.sample_grid for layer in self.kp_layers):
+            levels = [
+                level.transpose(1, 2).reshape(s, d, h, w)
+                for level, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes, strict=True)
+            ]
         g, p = kp_text.shape[1:3]
         # What tells keypoints apart is what their links do not share: remove the category's
         # mean link. From an LLM early in training the shared part is nearly all of each state
@@ -338,7 +379,7 @@ class PoseDecoder(GroundingDecoder):
         layers = [{"keypoints": xy, "visibility": self.kp_vis_head(self.kp_norm(queries))[..., 0]}]
         for layer in self.kp_layers:
             pos = self.kp_pos_head(_sine(xy.detach(), d // 2).to(queries.dtype))
-            queries = layer(queries, pos, hs, kp_pad, memory, memory_pos)
+            queries = layer(queries, pos, hs, kp_pad, memory, memory_pos, xy.detach(), levels)
             out = self.kp_norm(queries)
             xy_new = (self.kp_delta_head(out) + inverse_sigmoid(xy.detach())).sigmoid()
             layers.append({"keypoints": xy_new, "visibility": self.kp_vis_head(out)[..., 0]})
@@ -375,7 +416,7 @@ class PoseDecoder(GroundingDecoder):
             2,
             kp_cols[..., None].expand(-1, -1, -1, text.shape[-1]),
         )  # (S, G, P, D)
-        kp_layers = self.keypoint_stage(hs, layers[-1]["boxes"], kp_text, kp_pad, memory, memory_pos)
+        kp_layers = self.keypoint_stage(hs, layers[-1]["boxes"], kp_text, kp_pad, memory, memory_pos, shapes)
 
         if targets is None:
             last, kp_last = layers[-1], kp_layers[-1]

@@ -206,7 +206,11 @@ def _model_folder(path: str | os.PathLike) -> Path:
 
 
 def adapt_pretrained(
-    path: str | os.PathLike, *, overrides: dict[str, Any] | None = None, reinit: Sequence[str] = ()
+    path: str | os.PathLike,
+    *,
+    overrides: dict[str, Any] | None = None,
+    reinit: Sequence[str] = (),
+    copy: dict[str, str] | None = None,
 ) -> VisionLLM2Model:
     """A saved model with part of it changed: its config with ``overrides`` applied, every tensor
     loaded from its weights except those under a ``reinit`` prefix, which start as built (a
@@ -216,11 +220,15 @@ def adapt_pretrained(
     ``reinit=["decoders.grounding.backbone", "decoders.grounding.input_proj",
     "decoders.grounding.mask_lateral"]`` swaps the grounding decoder's backbone and keeps the rest.
     Anything else that the overrides change and no prefix covers is an error, never a silent skip.
-    With neither, this is :func:`from_pretrained`.
+    ``copy`` maps a destination prefix to a source prefix: each tensor under the destination
+    starts from the saved tensor of the same name under the source where the shapes agree
+    (``{"decoders.pose": "decoders.grounding"}`` starts the pose decoder's backbone, encoder and
+    instance decoder from the grounding decoder's); the others keep their own weights.
+    With none of the three, this is :func:`from_pretrained`.
     The vision tower and LLM are built from their saved architecture, as :func:`from_pretrained`
     builds them (their original folders need not exist); only decoder backbones load pretrained
     weights when built."""
-    if not overrides and not reinit:
+    if not overrides and not reinit and not copy:
         return from_pretrained(path)
     path = _model_folder(path)
     config = ModelConfig.load(path / CONFIG_NAME)
@@ -235,6 +243,18 @@ def adapt_pretrained(
             f"reinit prefix(es) {unused} name no tensor of the model (names look like {next(iter(own))!r})"
         )
     saved = load_file(str(path / WEIGHTS_NAME))
+    for dst, src in (copy or {}).items():
+        pairs = {}
+        for k in own:
+            src_key = src + k[len(dst) :]
+            if _under(k, dst) and src_key in saved and saved[src_key].shape == own[k].shape:
+                pairs[k] = src_key
+        if not pairs:
+            raise ValueError(
+                f"copy {dst!r} <- {src!r}: no tensor under {dst!r} has a same-named, same-shaped tensor "
+                f"under {src!r} in {path}"
+            )
+        saved.update({k: saved[src_key] for k, src_key in pairs.items()})
     fresh = {k for k in own if any(_under(k, p) for p in prefixes)}
     absent = sorted(k for k in own if k not in fresh and k not in saved)
     shape = sorted(k for k in own if k not in fresh and k in saved and saved[k].shape != own[k].shape)

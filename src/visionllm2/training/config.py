@@ -51,13 +51,15 @@ class StageSpec:
 class ModelSpec:
     """Where the model comes from: a model config file (JSON/YAML) or a preset ("tiny"),
     with overrides, or an existing model folder to continue from (``init``). With ``init``,
-    ``overrides`` change that model's config and ``reinit`` lists the prefixes of the tensors
-    that start as built instead of from its weights (see ``modeling.builder.adapt_pretrained``)."""
+    ``overrides`` change that model's config, ``reinit`` lists the prefixes of the tensors
+    that start as built instead of from its weights, and ``copy`` starts the tensors under a
+    prefix from the same-named ones under another (see ``modeling.builder.adapt_pretrained``)."""
 
     config: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
     reinit: list[str] = field(default_factory=list)
+    copy: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,10 +114,10 @@ class TrainConfig:
                 )
         if not self.stages:
             raise ConfigError("the recipe needs at least one entry under 'stages'")
-        if self.model.reinit and self.model.init is None:
+        if (self.model.reinit or self.model.copy) and self.model.init is None:
             raise ConfigError(
-                "model.reinit names tensors to start fresh in the model of model.init, but model.init "
-                "is unset: set it, or drop reinit (a model built from model.config starts fresh anyway)"
+                "model.reinit and model.copy change how the model of model.init starts, but model.init "
+                "is unset: set it, or drop them (a model built from model.config starts fresh anyway)"
             )
         names = [d.name for d in self.data]
         if len(set(names)) != len(names):

@@ -54,7 +54,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         spec = cfg.model
         if spec.init is not None:
-            self.model = adapt_pretrained(spec.init, overrides=spec.overrides, reinit=spec.reinit)
+            self.model = adapt_pretrained(
+                spec.init, overrides=spec.overrides, reinit=spec.reinit, copy=spec.copy
+            )
         else:
             self.model = build_model(load_model_config(cfg.model))
         self.model.to(self.dist.device).train()
