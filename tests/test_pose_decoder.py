@@ -189,25 +189,11 @@ def test_keypoint_layer_samples_a_grid_around_each_keypoint():
     layer.point_proj.register_forward_hook(lambda mod, inp, out: seen.update(local=inp[0]))
     xy = torch.tensor([(5 + 0.5) / 8, (2 + 0.5) / 8]).view(1, 1, 1, 1, 2)
     kps = torch.zeros(1, 1, 1, 1, 4)
-    layer(
-        kps,
-        kps,
-        torch.zeros(1, 1, 4),
-        torch.zeros(1, 1, 1, dtype=torch.bool),
-        torch.zeros(1, 64, 4),
-        torch.zeros(1, 64, 4),
-        xy,
-        [level],
-    )
+    # queries and their positions, the instance query, no padding, memory and its positions
+    inputs = (kps, kps, torch.zeros(1, 1, 4), torch.zeros(1, 1, 1, dtype=torch.bool), torch.zeros(1, 64, 4))
+    layer(*inputs, torch.zeros(1, 64, 4), xy, [level])
     grid = seen["local"].view(3, 3, 4)  # (row, column, channel)
     assert grid[1, 1, 0] == 1 and grid[1, 2, 1] == 1 and grid[0, 1, 2] == 1
     assert grid.sum() == 3
     with pytest.raises(ValueError, match="xy and the memory levels"):
-        layer(
-            kps,
-            kps,
-            torch.zeros(1, 1, 4),
-            torch.zeros(1, 1, 1, dtype=torch.bool),
-            torch.zeros(1, 64, 4),
-            torch.zeros(1, 64, 4),
-        )
+        layer(*inputs, torch.zeros(1, 64, 4))
