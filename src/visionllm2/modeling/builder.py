@@ -244,11 +244,9 @@ def adapt_pretrained(
         )
     saved = load_file(str(path / WEIGHTS_NAME))
     for dst, src in (copy or {}).items():
-        pairs = {}
-        for k in own:
-            src_key = src + k[len(dst) :]
-            if _under(k, dst) and src_key in saved and saved[src_key].shape == own[k].shape:
-                pairs[k] = src_key
+        under = (k for k in own if _under(k, dst))
+        pairs = {k: src + k[len(dst) :] for k in under}
+        pairs = {k: sk for k, sk in pairs.items() if sk in saved and saved[sk].shape == own[k].shape}
         if not pairs:
             raise ValueError(
                 f"copy {dst!r} <- {src!r}: no tensor under {dst!r} has a same-named, same-shaped tensor "
