@@ -300,10 +300,14 @@ def test_adapt_pretrained_swaps_a_backbone_and_keeps_every_other_tensor(tmp_path
 def test_adapt_pretrained_copies_one_decoder_into_another(tmp_path):
     torch.manual_seed(0)
     kw = {"pixel_size": 64, "backbone": {"type": "cnn", "channels": [8, 16, 24, 32]}, "hidden_dim": 32}
-    kw |= {"num_heads": 2, "ffn_dim": 64, "num_encoder_layers": 1, "num_queries": 10, "dn_number": 0}
+    kw |= {"num_heads": 2, "ffn_dim": 64, "num_encoder_layers": 1, "dn_number": 0}
     cfg = tiny_config(
-        a=DecoderConfig(type="grounding", link_dim=16, kwargs={**kw, "num_decoder_layers": 2}),
-        b=DecoderConfig(type="grounding", link_dim=16, kwargs={**kw, "num_decoder_layers": 1}),
+        a=DecoderConfig(
+            type="grounding", link_dim=16, kwargs={**kw, "num_decoder_layers": 2, "num_queries": 10}
+        ),
+        b=DecoderConfig(
+            type="grounding", link_dim=16, kwargs={**kw, "num_decoder_layers": 1, "num_queries": 12}
+        ),
     )
     cfg.families["det"].decoder, cfg.families["seg"].decoder = "a", "b"
     model = build_model(cfg)
@@ -322,6 +326,7 @@ def test_adapt_pretrained_copies_one_decoder_into_another(tmp_path):
     # The rest keeps its own weights: a's tensors, and b's where a has none of that shape.
     assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith("decoders.b."))
     own_shape = [k for k in b_keys if k not in copied and not k.startswith("decoders.b.class_head")]
+    assert "decoders.b.query_content.weight" in own_shape  # 12 queries against a's 10
     assert all(torch.equal(new[k], old[k]) for k in own_shape)
     with pytest.raises(ValueError, match="no tensor under 'decoders.b'"):
         adapt_pretrained(tmp_path / "m", copy={"decoders.b": "decoders.c"})
