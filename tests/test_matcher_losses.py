@@ -15,7 +15,7 @@ from visionllm2.losses.grounding import (
     sigmoid_focal_loss,
 )
 from visionllm2.losses.matcher import HungarianMatcher, pad_targets
-from visionllm2.losses.pose import POSE_LOSS_WEIGHTS, PoseCriterion, best_skeleton_oks
+from visionllm2.losses.pose import POSE_LOSS_WEIGHTS, PoseCriterion
 
 
 def _logit(p: float) -> float:
@@ -251,52 +251,6 @@ def test_pose_criterion_keypoint_terms():
     assert float(losses["loss_keypoints"]) == pytest.approx(10.0 * 0.1, rel=1e-4)
     oks = (math.exp(-(0.1**2) / (2 * 0.06 * 0.1**2)) + 1) / 2
     assert float(losses["loss_oks"]) == pytest.approx(4.0 * (1 - oks), rel=1e-4)
-
-
-def test_skeleton_quality_targets_are_each_skeletons_best_oks():
-    """Two samples, two groups (skeletons of 2 and 1 keypoints, padded to 2): sample 0 has two
-    group-0 instances, sample 1 one group-1 instance (its second target row is padding)."""
-    a = torch.tensor([[0.2, 0.2, 2.0], [0.3, 0.2, 2.0]])
-    b = torch.tensor([[0.7, 0.7, 2.0], [0.8, 0.7, 1.0]])
-    c = torch.tensor([[0.5, 0.5, 2.0], [0.0, 0.0, 0.0]])
-    sig = torch.full((2,), 0.05)
-
-    def target(kps, groups):
-        return {
-            "labels": torch.zeros(len(kps), dtype=torch.long),
-            "boxes": torch.full((len(kps), 4), 0.2),
-            "keypoints": torch.stack(kps),
-            "group": torch.tensor(groups),
-            "areas": torch.full((len(kps),), 0.04),
-            "sigmas": sig.expand(len(kps), -1),
-        }
-
-    padded = pad_targets([target([a, b], [0, 0]), target([c], [1])])
-    q = 3
-    kps = torch.full((2, q, 2, 2, 2), 0.9)  # every skeleton far from everything
-    kps[0, 0, 0] = a[:, :2]  # query 0 of sample 0: exactly instance a under group 0
-    kps[0, 1, 0] = b[:, :2] + torch.tensor([0.05, 0.0])  # query 1: near b
-    kps[0, 2, 1] = a[:, :2]  # query 2 puts a on group 1, which sample 0 has no instance of
-    kps[1, 0, 1] = c[:, :2]  # sample 1, query 0: exactly c (its second keypoint unlabelled)
-    kps[1, 1, 0] = c[:, :2]  # ... and under group 0, which sample 1 lacks
-    best = best_skeleton_oks(kps, padded)
-    assert best.shape == (2, q, 2)
-    near_b = math.exp(-(0.05**2) / (2 * 0.04 * 0.1**2))
-    assert float(best[0, 0, 0]) == pytest.approx(1.0)
-    assert float(best[0, 1, 0]) == pytest.approx(near_b, rel=1e-4)
-    assert float(best[0, 2, 1]) == 0.0 and float(best[1, 1, 0]) == 0.0  # no instance of that group
-    assert float(best[1, 0, 1]) == pytest.approx(1.0)
-    assert float(best[0, 2, 0]) < 1e-6  # far from both
-    # The loss: BCE against those targets over the scored groups only.
-    crit = PoseCriterion(matcher=HungarianMatcher())
-    valid = torch.tensor([[True, False], [False, True]])
-    logits = torch.zeros(2, q, 2, requires_grad=True)
-    loss = crit.quality_loss({"quality": logits, "quality_valid": valid, "keypoints": kps}, padded)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    scored = torch.cat([best[0, :, 0], best[1, :, 1]])
-    assert float(loss) == pytest.approx(float(bce(torch.zeros(2 * q), scored)), rel=1e-5)
-    loss.backward()
-    assert float(logits.grad[0, :, 1].abs().sum()) == 0.0 and float(logits.grad[0, 0, 0]) < 0
 
 
 def test_pose_criterion_can_match_the_final_layer_without_keypoints():

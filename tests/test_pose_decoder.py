@@ -75,6 +75,8 @@ def test_registered_and_config_is_json():
     assert decoder_class("pose") is PoseDecoder
     json.dumps(TINY)
     assert PoseDecoder(**TINY).families == ("pose",)
+    assert PoseDecoder(**TINY).criterion.match_keypoints  # UniPose's matcher unless told otherwise
+    assert not PoseDecoder(**TINY, match_keypoints=False).criterion.match_keypoints
     with pytest.raises(ValueError, match="mask_on"):
         PoseDecoder(**TINY, mask_on=True)
 
@@ -96,16 +98,14 @@ def test_grouping_rule():
     assert group_pose_links([]) == []
 
 
-@pytest.mark.parametrize(("grid", "quality"), [(0, False), (3, True)])
-def test_training_losses_are_finite_and_reach_every_parameter_and_the_links(grid, quality):
+@pytest.mark.parametrize("grid", [0, 3])
+def test_training_losses_are_finite_and_reach_every_parameter_and_the_links(grid):
     links, pixels, targets = _batch()
-    dec = PoseDecoder(**TINY, keypoint_sample_grid=grid, keypoint_quality=quality).train()
+    dec = PoseDecoder(**TINY, keypoint_sample_grid=grid).train()
     assert (dec.kp_layers[0].point_proj is not None) == (grid > 0)
-    assert (dec.kp_quality_head is not None) == quality
     losses = dec(links, pixels, targets)
     for k in ("class", "bbox", "giou", "keypoints", "oks", "visibility"):
         assert f"loss_{k}" in losses
-    assert ("loss_quality" in losses) == quality
     for k in ("keypoints_kp0", "keypoints_kp1", "class_0", "bbox_enc"):
         assert f"loss_{k}" in losses
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
@@ -144,24 +144,6 @@ def test_inference_outputs_and_keypoints_by_name():
         json.dumps(d.to_dict())
     with pytest.raises(ValueError, match="pose links"):
         dec.postprocess(outs[0], names=["square"], families=["pose"], image_size=(200, 100))
-
-
-def test_quality_head_ranks_skeletons_with_the_class_score():
-    links, pixels, _ = _batch()
-    dec = PoseDecoder(**TINY, keypoint_quality=True, score_threshold=0.0, max_detections=60).eval()
-    with torch.no_grad():
-        outs = dec(links, pixels)
-    out = outs[0]
-    assert out["quality"].shape == (30, 2) and outs[1]["quality"].shape == (30, 1)
-    out["logits"][:, [0, 5]] = 0.0  # every class probability 0.5: the quality alone orders them
-    out["quality"] = torch.linspace(-3, 3, 60).reshape(30, 2)
-    items = dec.postprocess(out, names=links.names[:9], families=["pose"] * 9, image_size=(200, 100))
-    expected = (0.5 * torch.linspace(-3, 3, 60).sigmoid()).sqrt().flip(0)
-    assert torch.allclose(torch.tensor([d.score for d in items]), expected, atol=1e-6)
-    assert items[0].label == "triangle"  # query 29, group 1 has the highest quality
-    assert items[0].keypoints["apex"][:2] == pytest.approx(
-        (float(out["keypoints"][1][29, 0, 0]) * 200, float(out["keypoints"][1][29, 0, 1]) * 100)
-    )
 
 
 @pytest.mark.slow

@@ -22,7 +22,10 @@ fusion encoder, query selection and instance decoder, without masks or denoising
    ``keypoint_sample_grid`` k > 0 adds what the image holds on a k x k grid around it
    (:class:`KeypointDecoderLayer`). Off by default, as in models saved before it existed.
 
-Losses (:mod:`visionllm2.losses.pose`): focal class, L1 + GIoU boxes, keypoint L1 and OKS.
+Losses (:mod:`visionllm2.losses.pose`): focal class, L1 + GIoU boxes, keypoint L1 and OKS. The
+last instance layer is matched to the targets on class, box and keypoints (UniPose's matcher);
+``match_keypoints=False`` matches it on class and box only, like the earlier layers, so a figure's
+positive query is the one its class score can single out (``configs/tiny_stage6.yaml``).
 
 Grouping rule (which pose links are categories, which are keypoints). Training: a link whose
 target is not ``None`` is a category; the ``None``-target links that follow it, up to the next
@@ -196,7 +199,6 @@ class PoseDecoder(GroundingDecoder):
         default_sigma: float = 0.05,
         max_keypoints: int = 64,
         keypoint_sample_grid: int = 0,
-        keypoint_quality: bool = False,
         match_keypoints: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -229,10 +231,6 @@ class PoseDecoder(GroundingDecoder):
         self.kp_norm = nn.LayerNorm(d)
         self.kp_delta_head = MLP(in_dim=d, hidden_dim=d, out_dim=2, num_layers=2)
         self.kp_vis_head = nn.Linear(d, 1)
-        # How good is each query's skeleton: its predicted OKS, from the last keypoint layer.
-        self.kp_quality_head = (
-            MLP(in_dim=d, hidden_dim=d, out_dim=1, num_layers=2) if keypoint_quality else None
-        )
         # Zero deltas: keypoints start where the initialisation put them.
         nn.init.zeros_(self.kp_delta_head.layers[-1].weight)
         nn.init.zeros_(self.kp_delta_head.layers[-1].bias)
@@ -393,10 +391,6 @@ class PoseDecoder(GroundingDecoder):
             xy_new = (self.kp_delta_head(out) + inverse_sigmoid(xy.detach())).sigmoid()
             layers.append({"keypoints": xy_new, "visibility": self.kp_vis_head(out)[..., 0]})
             xy = xy_new
-        if self.kp_quality_head is not None:
-            kp_real = real[:, None]  # (S, 1, G, P, 1)
-            pooled = (self.kp_norm(queries) * kp_real).sum(3) / kp_real.sum(3).clamp(min=1)  # (S, Q, G, D)
-            layers[-1]["quality"] = self.kp_quality_head(pooled)[..., 0]  # (S, Q, G)
         return layers
 
     def forward(
@@ -413,7 +407,7 @@ class PoseDecoder(GroundingDecoder):
                 f"got {len(targets)} targets for {len(links)} links; pass one (or None) per link"
             )
         text, link_valid, per_sample = self.gather_links(links, s)
-        groups, class_valid, kp_cols, kp_pad, g_max, p_max = self.layout(
+        groups, class_valid, kp_cols, kp_pad, _, p_max = self.layout(
             links, per_sample, targets, text.shape[1]
         )
         text_pad = _safe_padding(~link_valid)
@@ -433,7 +427,6 @@ class PoseDecoder(GroundingDecoder):
 
         if targets is None:
             last, kp_last = layers[-1], kp_layers[-1]
-            quality = kp_last.get("quality")  # (S, Q, G) skeleton-quality logits, if the decoder has them
             outs = []
             for b in range(s):
                 width = len(per_sample[b])
@@ -450,7 +443,6 @@ class PoseDecoder(GroundingDecoder):
                             for gi, (_, k) in enumerate(groups[b])
                         ],
                         "groups": groups[b],
-                        "quality": None if quality is None else quality[b, :, : len(groups[b])].detach(),
                     }
                 )
             return outs
@@ -466,12 +458,6 @@ class PoseDecoder(GroundingDecoder):
         for b, ids in enumerate(per_sample):
             for cat, _ in groups[b]:
                 supervised[b, cat] = targets[ids[cat]] is not None
-        if "quality" in outputs:
-            # Skeletons of the categories annotated in the sample are scored (S, G).
-            cat_cols = torch.zeros(s, g_max, dtype=torch.long, device=pixels.device)
-            for b, gs in enumerate(groups):
-                cat_cols[b, : len(gs)] = torch.tensor([cat for cat, _ in gs], dtype=torch.long)
-            outputs["quality_valid"] = supervised.gather(1, cat_cols) & (~kp_pad).any(-1)
         return self.criterion(outputs, tgt, supervised)
 
     # --- user results ---------------------------------------------------------------------
@@ -493,9 +479,6 @@ class PoseDecoder(GroundingDecoder):
             return []
         cats = torch.tensor([cat for cat, _ in groups], dtype=torch.long)
         scores = logits[:, cats].sigmoid()  # (Q, G)
-        if output.get("quality") is not None:
-            # Rank skeletons by class and predicted keypoint quality together (geometric mean).
-            scores = (scores * output["quality"].float().sigmoid()).sqrt()
         flat = scores.flatten()
         top = flat.topk(min(self.max_detections, flat.numel()))
         items = []

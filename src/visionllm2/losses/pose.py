@@ -20,7 +20,6 @@ POSE_LOSS_WEIGHTS: dict[str, float] = {
     "keypoints": 10.0,
     "oks": 4.0,
     "visibility": 1.0,
-    "quality": 2.0,
 }
 
 
@@ -31,17 +30,14 @@ class PoseCriterion(GroundingCriterion):
     keypoint-name columns masked by ``class_valid``), plus ``keypoints`` (S, Q, G, P, 2)
     normalised xy for every query under every keypoint group (skeleton) of the sample,
     ``visibility`` (S, Q, G, P) logits, and ``keypoint_aux``: the same two for the earlier
-    keypoint layers (scored with the final assignment). Optionally ``quality`` (S, Q, G) logits of
-    each skeleton's OKS with ``quality_valid`` (S, G): every query's skeleton under every scored
-    group learns the best OKS it reaches against that group's instances (0 without one), so the
-    scores can rank skeletons by how good they are, not only by class.
+    keypoint layers (scored with the final assignment).
 
     ``targets`` add ``keypoints`` (n, P, 3) normalised (x, y, v), ``group`` (n,) the skeleton
     index of each instance, ``areas`` (n,) normalised object areas, ``sigmas`` (n, P) OKS
     falloffs and ``keypoint_valid`` (n, P) which of the P slots exist in the skeleton.
     """
 
-    loss_names = ("class", "bbox", "giou", "keypoints", "oks", "visibility", "quality")
+    loss_names = ("class", "bbox", "giou", "keypoints", "oks", "visibility")
 
     def __init__(self, *, match_keypoints: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -98,26 +94,16 @@ class PoseCriterion(GroundingCriterion):
         visibility = (bce.sum(-1) / valid_t.sum(-1).clamp(min=1)).sum() / num_boxes
         return {"keypoints": l1, "oks": (1 - oks).sum() / num_boxes, "visibility": visibility}
 
-    def quality_loss(self, outputs: dict[str, Any], targets: PaddedTargets) -> torch.Tensor:
-        """BCE of the ``quality`` logits against :func:`best_skeleton_oks` of the (detached)
-        keypoints, averaged over the scored (sample, query, group) entries."""
-        logits, valid = outputs["quality"], outputs["quality_valid"]  # (S, Q, G), (S, G)
-        target = best_skeleton_oks(outputs["keypoints"].detach(), targets)
-        weight = valid[:, None].expand_as(logits).to(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        return (bce * weight).sum() / weight.sum().clamp(min=1)
-
     def forward(
         self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]], class_valid: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         padded = pad_targets(targets)  # once for every layer's matching and losses
         num_boxes = max(float(sum(padded.sizes)), 1.0)
         losses: dict[str, torch.Tensor] = {}
-        # Final outputs: matched on class, box and keypoints together (UniPose's matcher).
+        # Final outputs: matched on class, box and keypoints together (UniPose's matcher), or on
+        # class and box alone with match_keypoints=False.
         indices = self.match(outputs, padded)
         losses.update(self.weighted(self.layer_losses(outputs, padded, indices, class_valid, num_boxes), ""))
-        if outputs.get("quality") is not None:
-            losses.update(self.weighted({"quality": self.quality_loss(outputs, padded)}, ""))
         # Earlier keypoint layers refine the same instances: score them with the final assignment.
         for i, aux in enumerate(outputs.get("keypoint_aux", [])):
             losses.update(self.weighted(self.keypoint_losses(aux, padded, indices, num_boxes), f"_kp{i}"))
@@ -131,26 +117,3 @@ class PoseCriterion(GroundingCriterion):
                 self.weighted(self.layer_losses(layer, padded, aux_indices, class_valid, num_boxes), suffix)
             )
         return losses
-
-
-def best_skeleton_oks(keypoints: torch.Tensor, targets: PaddedTargets) -> torch.Tensor:
-    """keypoints (S, Q, G, P, 2) normalised, every query's skeleton under each of G groups ->
-    (S, Q, G): the highest OKS that skeleton reaches against the sample's instances of that
-    group (0 where the sample has none)."""
-    s, q, g, p, _ = keypoints.shape
-    n = targets.labels.shape[1]
-    best = keypoints.new_zeros(s, q, g)
-    if n == 0:
-        return best
-    group = targets.group  # (S, N); padding columns point at group 0 and reach 0 below
-    per_target = keypoints.gather(2, group[:, None, :, None, None].expand(-1, q, -1, p, 2))  # (S, Q, N, P, 2)
-    oks = matched_keypoint_oks(
-        per_target.flatten(0, 2),
-        targets.keypoints[:, None].expand(-1, q, -1, -1, -1).flatten(0, 2).to(keypoints),
-        targets.areas[:, None].expand(-1, q, -1).flatten().to(keypoints),
-        targets.sigmas[:, None].expand(-1, q, -1, -1).flatten(0, 2).to(keypoints),
-    ).view(s, q, n)
-    sizes = torch.tensor(targets.sizes, device=keypoints.device)
-    real = torch.arange(n, device=keypoints.device)[None] < sizes[:, None]  # (S, N) not padding
-    oks = oks * real[:, None].to(oks)
-    return best.scatter_reduce(2, group[:, None, :].expand(-1, q, -1), oks, reduce="amax")
