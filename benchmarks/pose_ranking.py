@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionllm2.evaluation.detection import Detection, GroundTruth, coco_evaluate
+from visionllm2.evaluation.detection import GroundTruth, coco_evaluate
 from visionllm2.evaluation.suites import detection_from_record
 from visionllm2.evaluation.world import FIGURES, WORLD_SPLITS, WorldSuite
+from visionllm2.inference.results import Detection
 from visionllm2.ops.keypoints import keypoint_oks, keypoint_sigmas
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +165,25 @@ def test_referring_segmentation_ciou_and_giou_by_hand():
     assert r["gIoU"] == pytest.approx(0.5) and r["cIoU"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="shape"):
         referring_segmentation_scores([np.zeros((5, 5), bool)], [gt1])
+
+
+def test_pose_ranking_oracle_scores_a_skeleton_by_its_best_oks():
+    """benchmarks/pose_ranking.py re-scores skeletons by OKS against the best figure of their label."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from pose_ranking import oracle_score
+
+    kps = {"a": (20.0, 20.0, 2.0), "b": (40.0, 30.0, 2.0), "c": (0.0, 0.0, 0.0)}
+    far = {k: (x + 50, y + 50, v) for k, (x, y, v) in kps.items()}
+    gts = [
+        GroundTruth("person", [50, 50, 120, 120], keypoints=far),
+        GroundTruth("person", [0, 0, 60, 60], keypoints=kps),
+    ]
+    exact = Detection(
+        "person", 0.1, [0, 0, 60, 60], keypoints={k: (x, y, 1.0) for k, (x, y, _) in kps.items()}
+    )
+    assert oracle_score(exact, gts) == pytest.approx(1.0)  # the second figure, exactly; "c" is unlabelled
+    shifted = Detection(
+        "person", 0.9, [0, 0, 60, 60], keypoints={k: (x + 3, y, 1.0) for k, (x, y, _) in kps.items()}
+    )
+    assert 0.0 < oracle_score(shifted, gts) < 1.0
+    assert oracle_score(Detection("dog", 0.9, [0, 0, 60, 60], keypoints=exact.keypoints), gts) == 0.0
