@@ -21,7 +21,7 @@ import torch
 
 from visionllm2.evaluation.detection import GroundTruth, coco_evaluate
 from visionllm2.evaluation.suites import detection_from_record
-from visionllm2.evaluation.world import FIGURES, WORLD_SPLITS, WorldSuite
+from visionllm2.evaluation.world import POSE_KEYPOINT_NAMES, WORLD_SPLITS, WorldSuite
 from visionllm2.inference.results import Detection
 from visionllm2.ops.keypoints import keypoint_oks, keypoint_sigmas
 
@@ -38,10 +38,8 @@ def oracle_score(d: Detection, gts: list[GroundTruth]) -> float:
     return float(keypoint_oks(pred, gt, areas, keypoint_sigmas(names)).max())
 
 
-def keypoint_ap(
-    preds: list[list[Detection]], gts: list[list[GroundTruth]], sizes: list, names: list[str]
-) -> str:
-    r = coco_evaluate(preds, gts, sizes, iou_types=("keypoints",), keypoint_names=names)
+def keypoint_ap(preds: list[list[Detection]], gts: list[list[GroundTruth]], sizes: list) -> str:
+    r = coco_evaluate(preds, gts, sizes, iou_types=("keypoints",), keypoint_names=POSE_KEYPOINT_NAMES)
     return f"{100 * r['keypoints/AP']:.1f} / {100 * r['keypoints/AP50']:.1f}"
 
 
@@ -56,7 +54,6 @@ def main() -> None:
         raise SystemExit(f"{path} not found: pass the --out folder of `visionllm2 eval --benchmark world`")
     records = {r["uid"]: r for r in map(json.loads, path.read_text().splitlines())}
     suite = WorldSuite(limit=args.limit, tasks="pose", splits=args.splits)
-    names = list(dict.fromkeys(n for kps, _ in FIGURES.values() for n in kps))
     print("| split | AP / AP50 as predicted | top-1 per category | oracle ranking | OKS: top-scored / best |")
     print("|---|---|---|---|---|")
     for split in suite.splits:
@@ -80,7 +77,7 @@ def main() -> None:
                 top_oks.append(scored[top].score)
                 best_oks.append(max(scored[i].score for i in mine))
             top1.append(kept)
-        aps = [keypoint_ap(x, gts, sizes, names) for x in (preds, top1, oracle)]
+        aps = [keypoint_ap(x, gts, sizes) for x in (preds, top1, oracle)]
         print(
             f"| {split} | {aps[0]} | {aps[1]} | {aps[2]} | {np.mean(top_oks):.3f} / {np.mean(best_oks):.3f} |"
         )

@@ -106,6 +106,9 @@ HEADLINE = {
     "sem_seg": "mIoU", "grd": "accuracy", "ref_seg": "cIoU", "region_recog": "accuracy",
     "pose": "keypoint_AP", "gen": "verifier_accuracy", "edit": "verifier_accuracy",
 }  # fmt: skip
+# Every figure's keypoint names, the order pose AP is computed in: not only those of the ground truth
+# present, since a batch of scenes without figures still has to place the predicted keypoints.
+POSE_KEYPOINT_NAMES: tuple[str, ...] = tuple(dict.fromkeys(n for kps, _ in FIGURES.values() for n in kps))
 # A separate seed stream: training draws scene i from SeedSequence([seed, i]), so these never coincide.
 _EVAL_STREAM = 0x5EEDE7A1
 # Room for a whole answer sentence under a byte-level tokenizer ("The correct option is C." is 24
@@ -658,10 +661,9 @@ class WorldSuite(Benchmark):
         if task == "pose":
             if flat and any(d.keypoints is None for d in flat):
                 return _unavailable("the pose decoder returns no keypoints")
-            # Every figure's keypoint names, not only those of the ground truth present: a batch of
-            # scenes without figures still has to place the predicted keypoints.
-            names = list(dict.fromkeys(n for kps, _ in FIGURES.values() for n in kps))
-            raw = coco_evaluate(preds, gts, sizes, iou_types=("keypoints",), keypoint_names=names)
+            raw = coco_evaluate(
+                preds, gts, sizes, iou_types=("keypoints",), keypoint_names=POSE_KEYPOINT_NAMES
+            )
             out = {"keypoint_AP": raw["keypoints/AP"], "keypoint_AP50": raw["keypoints/AP50"]}
         else:
             raw = coco_evaluate(preds, gts, sizes, iou_types=("bbox",))

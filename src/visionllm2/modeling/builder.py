@@ -244,8 +244,7 @@ def adapt_pretrained(
         )
     saved = load_file(str(path / WEIGHTS_NAME))
     for dst, src in (copy or {}).items():
-        under = (k for k in own if _under(k, dst))
-        pairs = {k: src + k[len(dst) :] for k in under}
+        pairs = {k: src + k[len(dst) :] for k in own if _under(k, dst)}
         pairs = {k: sk for k, sk in pairs.items() if sk in saved and saved[sk].shape == own[k].shape}
         if not pairs:
             raise ValueError(
