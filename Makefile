@@ -29,14 +29,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 demo --model tiny --out demo
 
-# The default model's recipe, as trained for the shipped weights (README, "Default model"): about
-# 3.6 hours on a 2-core CPU. Copy runs/tiny_stage6/final/ into src/visionllm2/weights/visionllm2-tiny/
+# The default model's recipe, as trained for the shipped weights (README, "Default model"): over
+# four hours on a 2-core CPU. Copy runs/tiny_stage9/final/ into src/visionllm2/weights/visionllm2-tiny/
 # to ship the result.
 train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage4.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage5.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage6.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage7.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage8.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage9.yaml
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks
