@@ -73,9 +73,10 @@ def test_loads_by_name_after_a_wheel_install(tmp_path):
 # the shipped model scored on this test's sample (``visionllm2 eval --model tiny --benchmark world
 # --splits test --limit 24``, 2026-11-27, the five-stage model with the pose decoder restarted from the
 # grounding decoder's weights in stage 5; det, inst_seg, sem_seg, grd and pose re-measured on 2026-12-02
-# after stages 6-9, which each trained the pose or the grounding decoder alone and changed no other
-# tensor). A task whose recorded score is below its threshold is a strict xfail, which turns into a
-# failure once a retrained model reaches it, asking for its score here to be updated. Detection,
+# after stages 7-9 (pose also after stage 6), which each trained the pose or the grounding decoder
+# alone and changed no other tensor). A task whose recorded score is below its threshold is a strict
+# xfail, which turns into a failure once a retrained model reaches it, asking for its score here to be
+# updated. Detection,
 # instance segmentation and pose reach their thresholds on this sample (on the README's 50 items box
 # AP passes 50 and mask AP 40 on every split).
 TARGETS = {
