@@ -30,8 +30,9 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 demo --model tiny --out demo
 
 # The default model's recipe, as trained for the shipped weights (README, "Default model"): stages
-# 1-6 took 3.6 hours on a 2-core CPU, stages 7-9 93 minutes more on a slower one. Copy
-# runs/tiny_stage9/final/ into src/visionllm2/weights/visionllm2-tiny/ to ship the result.
+# 1-6 took 3.6 hours on a 2-core CPU, stages 7-9 93 minutes more on a slower one, stages 10-12
+# about 85 minutes on one like the first. Copy runs/tiny_stage12/final/ into
+# src/visionllm2/weights/visionllm2-tiny/ to ship the result.
 train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage4.yaml
@@ -40,6 +41,9 @@ train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage7.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage8.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage9.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage10.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage11.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage12.yaml
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks

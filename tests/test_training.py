@@ -60,6 +60,25 @@ def test_stage_groups_freeze_and_scale():
     assert no_decay and all(p.ndim < 2 for g in no_decay for p in g["params"])
 
 
+def test_make_train_tiny_chains_its_stages():
+    """The Makefile's `train-tiny` recipe: every config it runs loads, and each one after the first
+    starts from the model the one before it writes (its ``model.init`` is that run's final folder)."""
+    root = Path(__file__).parents[1]
+    lines = (root / "Makefile").read_text().split("\ntrain-tiny:")[1].split("\n\n")[0].splitlines()
+    configs = [line.split("--config ")[1].strip() for line in lines if "train --config " in line]
+    assert configs[0] == "configs/tiny.yaml" and len(configs) > 1
+    previous = None
+    for name in configs:
+        cfg = load_train_config(root / name)
+        assert cfg.model.init == (None if previous is None else f"{previous.out_dir}/final"), name
+        previous = cfg
+    # the README copies the last stage's model into the package
+    assert (
+        f"cp -r {previous.out_dir}/final/. src/visionllm2/weights/visionllm2-tiny/"
+        in (root / "README.md").read_text()
+    )
+
+
 def test_default_recipe_builds_and_trains_every_decoder():
     """configs/tiny.yaml: the model it names builds, and one mixed batch of world tasks gives a
     finite loss from every decoder, with gradients reaching each of them."""
