@@ -31,7 +31,7 @@ demo: $(VENV)/.installed
 
 # The default model's recipe, as trained for the shipped weights (README, "Default model"): stages
 # 1-6 took 3.6 hours on a 2-core CPU, stages 7-9 93 minutes more on a slower one, stages 10-12
-# about 85 minutes on one like the first. Copy runs/tiny_stage12/final/ into
+# 84 minutes more on a faster one (23 + 18 + 43). Copy runs/tiny_stage12/final/ into
 # src/visionllm2/weights/visionllm2-tiny/ to ship the result.
 train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny.yaml

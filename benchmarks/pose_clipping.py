@@ -71,15 +71,16 @@ def run(seed: int, decoder_grad_clip: float | None) -> dict[str, float]:
     model.eval()
     prompts = [Sample(images=s.images, conversation=s.conversation[:1]) for s in samples]
     results = model.generate(model.processor(prompts, add_generation_prompt=True), max_new_tokens=1000)
-    preds, gts, exact = [], [], 0
+    preds, gts, exact, named = [], [], 0, 0
     for s, r in zip(samples, results):
         exact += r.text == s.conversation[1].content
+        named += bool(r.items) and all(len(getattr(d, "keypoints", None) or {}) == 17 for d in r.items)
         want = model.processor([s])
         fams = [model.processor.family_names[f] for f in want.link_family.tolist()]
         preds.append(r.items)
         gts.append(ground_truth_from_targets(want.link_names, fams, s.targets))
     scores = coco_evaluate(preds, gts, [s.images[0].size for s in samples], iou_types=("bbox", "keypoints"))
-    return {**scores, "exact_answers": exact}
+    return {**scores, "exact_answers": exact, "answers_with_named_keypoints": named}
 
 
 def main() -> None:
