@@ -16,14 +16,10 @@ import argparse
 
 import torch
 
+from grad_share import norm
 from visionllm2.losses.matcher import flatten_matches
 from visionllm2.modeling.builder import from_pretrained
 from visionllm2.training.data import world_dataset
-
-
-def norm(params) -> float:
-    grads = [p.grad for p in params if p.grad is not None]
-    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))) if grads else 0.0
 
 
 def live(pre: torch.Tensor) -> float:
@@ -79,7 +75,8 @@ def main() -> None:
         print(
             f"| {k} | "
             + " | ".join(f"{float(v.detach()):.3f}" for v in steps)
-            + f" | {norm(dec.kp_layers.parameters()):.2e} | {norm(dec.kp_delta_head.parameters()):.2e}"
+            + f" | {norm(p.grad for p in dec.kp_layers.parameters()):.2e}"
+            + f" | {norm(p.grad for p in dec.kp_delta_head.parameters()):.2e}"
             + f" | {live(scored):.1f}% | {live(every):.1f}% |"
         )
 

@@ -74,7 +74,7 @@ def run(seed: int, decoder_grad_clip: float | None) -> dict[str, float]:
     preds, gts, exact, named = [], [], 0, 0
     for s, r in zip(samples, results):
         exact += r.text == s.conversation[1].content
-        named += bool(r.items) and all(len(getattr(d, "keypoints", None) or {}) == 17 for d in r.items)
+        named += bool(r.items) and all(len(d.keypoints or {}) == 17 for d in r.items)
         want = model.processor([s])
         fams = [model.processor.family_names[f] for f in want.link_family.tolist()]
         preds.append(r.items)

@@ -113,7 +113,7 @@ def test_pose_keypoints_through_links():
     # Every answer's links reach the pose decoder and come back as figures with all 17 keypoints
     # by name, and some of them are found. How well this four-scene overfit scores depends on the
     # float path of the CPU's kernels: world seed 1 reached box AP50 100 on two of this project's
-    # machines and 6-28 on the AVX-512 one of 2026-12-02 under four settings (seed 0: 12-100), so
+    # machines and 6-28 on the AVX-512 one of 2026-12-02 under five settings (seed 0: 9-100 under three), so
     # the quality of pose through the links is checked on the shipped model instead
     # (tests/test_default_model.py, keypoint AP >= 45 on 24 world test items).
     assert r["answers_with_named_keypoints"] == 4, r
