@@ -31,8 +31,8 @@ demo: $(VENV)/.installed
 
 # The default model's recipe, as trained for the shipped weights (README, "Default model"): stages
 # 1-6 took 3.6 hours on a 2-core CPU, stages 7-9 93 minutes more on a slower one, stages 10-12
-# 84 minutes more on a faster one (23 + 18 + 43). Copy runs/tiny_stage12/final/ into
-# src/visionllm2/weights/visionllm2-tiny/ to ship the result.
+# 84 minutes more on a faster one (23 + 18 + 43), stages 13-14 91 more there (69 + 22). Copy
+# runs/tiny_stage14/final/ into src/visionllm2/weights/visionllm2-tiny/ to ship the result.
 train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage4.yaml
@@ -44,6 +44,8 @@ train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage10.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage11.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage12.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage13.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage14.yaml
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks

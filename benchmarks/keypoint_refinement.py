@@ -2,10 +2,10 @@
 
 For a few batches of world pose scenes, with the model's training loss (teacher forcing): the
 keypoint L1 of the first guess and after each keypoint layer; the gradient norm that loss sends to
-the keypoint layers and to the delta head; and how many of the delta head's hidden ReLUs are
-alive (positive) on the keypoints that are scored (matched to a figure), against all keypoint
-queries. A head whose hidden units are all dead there passes no gradient on: its last bias is all
-that trains, and the keypoint layers before it get none.
+the keypoint layers and to the delta head; and how many of the delta head's hidden units are above
+zero (alive, for a ReLU head) on the keypoints that are scored (matched to a figure), against all
+keypoint queries. A ReLU head whose hidden units are all dead there passes no gradient on: its last
+bias is all that trains, and the keypoint layers before it get none.
 
     python benchmarks/keypoint_refinement.py --model tiny --batches 4
 """
@@ -23,7 +23,7 @@ from visionllm2.training.data import world_dataset
 
 
 def live(pre: torch.Tensor) -> float:
-    """% of ReLU pre-activations above zero."""
+    """% of the head's hidden pre-activations above zero."""
     return float((pre > 0).float().mean()) * 100
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         "| batch | keypoint L1: first guess | "
         + " | ".join(f"layer {i + 1}" for i in range(len(dec.kp_layers)))
         + " | grad on keypoint layers | grad on delta head"
-        + " | live delta units, scored keypoints | all keypoints |"
+        + " | delta units above zero, scored keypoints | all keypoints |"
     )
     print("|---" * (6 + len(dec.kp_layers)) + "|")
     for k in range(args.batches):

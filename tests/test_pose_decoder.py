@@ -123,6 +123,28 @@ def test_training_losses_are_finite_and_reach_every_parameter_and_the_links(grid
     assert links.states.grad is not None and links.states.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_a_delta_head_with_every_unit_below_zero_passes_a_gradient_only_with_gelu(activation):
+    """The shipped model's ReLU delta head died (every hidden unit off on the scored keypoints),
+    which cut the keypoint layers off from the loss; GELU keeps a path back to them."""
+    links, pixels, targets = _batch()
+    dec = PoseDecoder(**TINY, keypoint_delta_activation=activation).train()
+    head = dec.kp_delta_head
+    with torch.no_grad():
+        head.layers[0].bias.fill_(-5.0)  # every hidden unit below zero on layer-normed inputs
+        head.layers[-1].weight.normal_(std=0.1)
+    losses = dec(links, pixels, targets)
+    # The position losses (keypoint L1 and OKS of every layer); visibility reaches the layers anyway.
+    sum(v for k, v in losses.items() if k.startswith(("loss_keypoints", "loss_oks"))).backward()
+    grad = sum(float(p.grad.abs().sum()) for p in dec.kp_layers.parameters() if p.grad is not None)
+    if activation == "relu":
+        assert grad == 0.0
+    else:
+        assert grad > 0.0
+    with pytest.raises(ValueError, match="unknown MLP activation 'tanh'"):
+        PoseDecoder(**TINY, keypoint_delta_activation="tanh")
+
+
 def test_inference_outputs_and_keypoints_by_name():
     links, pixels, _ = _batch()
     dec = PoseDecoder(**TINY, score_threshold=0.0, max_detections=5).eval()

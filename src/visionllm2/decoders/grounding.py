@@ -278,19 +278,29 @@ def build_backbone(spec: dict[str, Any] | str) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 
 
-class MLP(nn.Module):
-    """Linear layers with ReLU between them."""
+MLP_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
-    def __init__(self, *, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+
+class MLP(nn.Module):
+    """Linear layers with an activation (ReLU unless told; see ``MLP_ACTIVATIONS``) between them."""
+
+    def __init__(
+        self, *, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, activation: str = "relu"
+    ) -> None:
         super().__init__()
+        if activation not in MLP_ACTIVATIONS:
+            raise ValueError(
+                f"unknown MLP activation {activation!r}; choose one of {sorted(MLP_ACTIVATIONS)}"
+            )
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.activation = MLP_ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = F.relu(x)
+                x = self.activation(x)
         return x
 
 

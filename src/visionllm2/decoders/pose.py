@@ -200,6 +200,7 @@ class PoseDecoder(GroundingDecoder):
         max_keypoints: int = 64,
         keypoint_sample_grid: int = 0,
         match_keypoints: bool = True,
+        keypoint_delta_activation: str = "relu",
         **kwargs: Any,
     ) -> None:
         for key in ("mask_on", "dn_number", "seg_outputs"):
@@ -229,7 +230,12 @@ class PoseDecoder(GroundingDecoder):
             for _ in range(num_keypoint_layers)
         )
         self.kp_norm = nn.LayerNorm(d)
-        self.kp_delta_head = MLP(in_dim=d, hidden_dim=d, out_dim=2, num_layers=2)
+        # ReLU in the delta head can die: every hidden unit off on the scored keypoints, so the
+        # head passes no gradient back and the keypoint layers stop learning (benchmarks/README.md,
+        # "a dead delta head"). GELU still passes a gradient through units a little below zero.
+        self.kp_delta_head = MLP(
+            in_dim=d, hidden_dim=d, out_dim=2, num_layers=2, activation=keypoint_delta_activation
+        )
         self.kp_vis_head = nn.Linear(d, 1)
         # Zero deltas: keypoints start where the initialisation put them.
         nn.init.zeros_(self.kp_delta_head.layers[-1].weight)
