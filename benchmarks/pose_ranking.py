@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +44,11 @@ def keypoint_ap(preds: list[list[Detection]], gts: list[list[GroundTruth]], size
     return f"{100 * r['keypoints/AP']:.1f} / {100 * r['keypoints/AP50']:.1f}"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("eval_dir", type=Path, help="the --out folder of a world evaluation with the pose task")
+def world_task_records(doc: str, task: str) -> list[tuple[str, list[tuple[dict[str, Any], Any]]]]:
+    """From the command line (an evaluation's --out folder, its --limit and --splits): per split of a
+    world evaluation, the task's (prediction record, suite case) pairs in suite order."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("eval_dir", type=Path, help=f"the --out folder of a world evaluation with the {task} task")
     p.add_argument("--limit", type=int, required=True, help="the --limit the evaluation ran with")
     p.add_argument("--splits", default=",".join(WORLD_SPLITS))
     args = p.parse_args()
@@ -53,17 +56,26 @@ def main() -> None:
     if not path.is_file():
         raise SystemExit(f"{path} not found: pass the --out folder of `visionllm2 eval --benchmark world`")
     records = {r["uid"]: r for r in map(json.loads, path.read_text().splitlines())}
-    suite = WorldSuite(limit=args.limit, tasks="pose", splits=args.splits)
-    print("| split | AP / AP50 as predicted | top-1 per category | oracle ranking | OKS: top-scored / best |")
-    print("|---|---|---|---|---|")
+    suite = WorldSuite(limit=args.limit, tasks=task, splits=args.splits)
+    out = []
     for split in suite.splits:
-        preds, gts, sizes = [], [], []
-        for uid, case in suite._task_cases(split, "pose"):
+        pairs = []
+        for uid, case in suite._task_cases(split, task):
             if uid not in records:
                 raise SystemExit(f"{uid} is not in {path}: pass the --limit and --splits of that evaluation")
-            preds.append([detection_from_record(d) for d in records[uid]["detections"]])
-            gts.append(case.ref["gt"])
-            sizes.append(case.ref["size"])
+            pairs.append((records[uid], case))
+        out.append((split, pairs))
+    return out
+
+
+def main() -> None:
+    splits = world_task_records(__doc__, "pose")
+    print("| split | AP / AP50 as predicted | top-1 per category | oracle ranking | OKS: top-scored / best |")
+    print("|---|---|---|---|---|")
+    for split, pairs in splits:
+        preds = [[detection_from_record(d) for d in rec["detections"]] for rec, _ in pairs]
+        gts = [case.ref["gt"] for _, case in pairs]
+        sizes = [case.ref["size"] for _, case in pairs]
 
         top1, oracle, top_oks, best_oks = [], [], [], []
         for dets, g in zip(preds, gts, strict=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +225,31 @@ def test_referring_expressions_pick_out_exactly_one_object(scenes):
                 assert got is not None and got == [t], d.phrase()
                 n += 1
     assert n > 50
+
+
+def test_grounding_phrases_benchmark_tells_the_grammar_kinds_apart(scenes):
+    """benchmarks/grounding_phrases.py sorts the suite's expressions by text alone; every phrase the
+    grammar writes must land in the kind of the description it came from."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from grounding_phrases import phrase_kind
+
+    seen = set()
+    for scene, r in scenes:
+        things = scene_things(scene, r)
+        for t in things:
+            for d in referring_expressions(things, t, side=128):
+                kind = (
+                    "relation"
+                    if d.relation
+                    else "superlative"
+                    if d.superlative
+                    else "position"
+                    if d.position
+                    else "attributes"
+                )
+                assert phrase_kind(d.phrase()) == kind, d.phrase()
+                seen.add(kind)
+    assert seen == {"relation", "superlative", "position", "attributes"}
 
 
 def test_ambiguous_descriptions_are_never_offered():
