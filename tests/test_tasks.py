@@ -238,15 +238,8 @@ def test_grounding_phrases_benchmark_tells_the_grammar_kinds_apart(scenes):
         things = scene_things(scene, r)
         for t in things:
             for d in referring_expressions(things, t, side=128):
-                kind = (
-                    "relation"
-                    if d.relation
-                    else "superlative"
-                    if d.superlative
-                    else "position"
-                    if d.position
-                    else "attributes"
-                )
+                parts = {"relation": d.relation, "superlative": d.superlative, "position": d.position}
+                kind = next((k for k, v in parts.items() if v), "attributes")
                 assert phrase_kind(d.phrase()) == kind, d.phrase()
                 seen.add(kind)
     assert seen == {"relation", "superlative", "position", "attributes"}
