@@ -46,6 +46,7 @@ train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage12.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage13.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage14.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage15.yaml
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks

@@ -73,20 +73,21 @@ def test_loads_by_name_after_a_wheel_install(tmp_path):
 # the shipped model scored on this test's sample (``visionllm2 eval --model tiny --benchmark world
 # --splits test --limit 24``, 2026-11-27, the five-stage model with the pose decoder restarted from the
 # grounding decoder's weights in stage 5; det, inst_seg, sem_seg, grd and pose re-measured on 2026-12-02
-# after stages 7-14 (pose also after stage 6), which each trained the pose or the grounding decoder
-# alone and changed no other tensor). A task whose recorded score is below its threshold is a strict
-# xfail, which turns into a failure once a retrained model reaches it, asking for its score here to be
-# updated. Detection, instance segmentation and pose reach their thresholds on this sample (on the
-# README's 50 items box AP passes 50, mask AP 40 and box AP50 80 on every split); grounding passed
-# after stage 12 (79.2) and is below again after stage 13 (70.8; 200 items per split moved -5 / -0.5 / +4).
+# after stages 7-15 (pose also after stage 6), which each trained the pose or the grounding decoder
+# alone (stage 15 with the [DET] / [SEG] / [GRD] link queries) and changed no other task's tensor). A
+# task whose recorded score is below its threshold is a strict xfail, which turns into a failure once a
+# retrained model reaches it, asking for its score here to be updated. Detection, instance and
+# semantic segmentation, grounding and pose reach their thresholds on this sample (on the README's 50
+# items box AP passes 50, mask AP 40 and box AP50 80 on every split, and on 200 items per split
+# semantic mIoU passes 70; grounding does not reach 80 there: 67.5 / 72.0 / 74.5).
 TARGETS = {
     "vqa": ("accuracy", 90.0, 25.0),
     "pope": ("f1", 90.0, 69.6),
     "mc": ("accuracy", 90.0, 33.3),
-    "det": ("box_AP", 50.0, 70.4),
-    "inst_seg": ("mask_AP", 40.0, 73.7),
-    "sem_seg": ("mIoU", 70.0, 63.6),
-    "grd": ("accuracy", 80.0, 70.8),
+    "det": ("box_AP", 50.0, 73.5),
+    "inst_seg": ("mask_AP", 40.0, 78.5),
+    "sem_seg": ("mIoU", 70.0, 77.3),
+    "grd": ("accuracy", 80.0, 87.5),
     "pose": ("keypoint_AP", 50.0, 58.1),
     "gen": ("verifier_accuracy", 70.0, 0.7),
     "edit": ("verifier_accuracy", 60.0, 0.0),
@@ -101,7 +102,7 @@ TARGET_MARGIN = 5.0  # "a little below the targets"
 FLOORS = {
     "det": ("box_AP", 50.0),
     "inst_seg": ("mask_AP", 50.0),
-    "sem_seg": ("mIoU", 45.0),
+    "sem_seg": ("mIoU", 55.0),
     "grd": ("accuracy", 55.0),
     "pose": ("keypoint_AP", 35.0),
     "edit": ("shape_accuracy", 20.0),
