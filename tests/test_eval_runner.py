@@ -39,7 +39,7 @@ from visionllm2.evaluation.suites import (
     miou_scores,
     through_last_link,
 )
-from visionllm2.evaluation.world import WorldSuite, label_in_answer, link_names
+from visionllm2.evaluation.world import WorldSuite, answer_of_kind, label_in_answer, link_names
 from visionllm2.modeling.builder import build_model
 from visionllm2.ops.masks import mask_to_rle
 
@@ -410,6 +410,26 @@ def test_world_items_are_deterministic_and_extend_with_the_limit() -> None:
         assert not suite.scene("test", j)[0].pairs() & suite.held
 
 
+@pytest.mark.parametrize(
+    ("vqa_type", "answer", "expected"),
+    [
+        ("colour", "Blue.", True),
+        ("colour", "bottom", False),
+        ("shape", "It is a hexagon", False),
+        ("shape", "hexagon", True),
+        ("count", "Two", True),
+        ("count", "none", True),  # VQA normalisation reads "none" as 0
+        ("count", "many", False),
+        ("position", "top right", True),
+        ("relation", "Yes", True),
+        ("text", "owl", True),
+        ("text", "left", False),
+    ],
+)
+def test_answer_of_kind(vqa_type: str, answer: str, expected: bool) -> None:
+    assert answer_of_kind(vqa_type, answer) is expected
+
+
 def test_world_scores_with_oracle_records() -> None:
     """Records that repeat the ground truth score 100 on every metric: the suite's wiring is right."""
     model = _perception_model()
@@ -455,6 +475,7 @@ def test_world_scores_with_oracle_records() -> None:
             records[it.uid] = {"semantic": {"size": [sem.shape[1], sem.shape[0]], "masks": masks}}
     s = suite.score(items, records)["test"]
     assert s["vqa"]["accuracy"] == 100.0 and s["mc"]["accuracy"] == 100.0
+    assert s["vqa"]["answer_of_kind"] == 100.0
     assert s["pope"]["f1"] == 100.0 and s["region_recog"]["accuracy"] == 100.0
     assert s["grd"]["accuracy"] == 100.0 and s["ref_seg"]["cIoU"] == pytest.approx(100.0)
     assert s["sem_seg"]["mIoU"] == pytest.approx(100.0)

@@ -8,7 +8,8 @@ Three splits, each scored task by task:
 * ``compositional``: scenes that each contain a (kind, colour) pair held out of training
   (:func:`visionllm2.data.synthetic.world.heldout_pairs` of the training seed).
 
-Tasks and metrics: ``vqa`` (exact match after VQA normalisation, per question type), ``pope`` (accuracy,
+Tasks and metrics: ``vqa`` (exact match after VQA normalisation, per question type; also the share of
+answers of the asked kind, right or wrong), ``pope`` (accuracy,
 precision, recall, F1, yes-ratio), ``mc`` (option-letter accuracy), ``det`` (box AP / AP50), ``inst_seg``
 (box and mask AP), ``sem_seg`` (mIoU over the world's categories, background ignored), ``grd`` (REC
 Acc@0.5), ``ref_seg`` (Acc@0.5, cIoU, gIoU), ``region_recog`` (accuracy), ``pose`` (keypoint OKS AP),
@@ -48,8 +49,12 @@ from visionllm2.data.synthetic.verifier import (
 )
 from visionllm2.data.synthetic.world import (
     CATEGORIES,
+    COLOURS,
     EDIT_OPS,
     FIGURES,
+    KINDS,
+    POSITIONS,
+    WORDS,
     Rendered,
     Scene,
     WorldConfig,
@@ -85,6 +90,7 @@ __all__ = [
     "WorldSuite",
     "link_names",
     "label_in_answer",
+    "answer_of_kind",
     "semantic_confusion",
 ]
 
@@ -117,6 +123,24 @@ _SHORT_TOKENS = 48
 _MAX_TRIES = 40  # scenes tried per item before giving up on a task that rarely applies
 _ROUTING_RE = re.compile("|".join(re.escape(t) for t in ROUTING_TOKENS.values()))
 _FAMILY_OF_TOKEN = {t: f for f, t in ROUTING_TOKENS.items()}
+# The values each VQA question type is answered with (after VQA normalisation; counts are digits).
+_VQA_ANSWER_VALUES: dict[str, frozenset[str]] = {
+    "colour": frozenset(COLOURS),
+    "shape": frozenset(KINDS),
+    "position": frozenset(POSITIONS),
+    "relation": frozenset({"yes", "no"}),
+    "text": frozenset(WORDS),
+}
+
+
+def answer_of_kind(vqa_type: str, answer: str) -> bool:
+    """Whether ``answer`` is a value of the kind ``vqa_type`` asks for (a colour for a colour
+    question, a number for a count), right or wrong: an answer of the wrong kind shows the question
+    itself was not followed, whatever the image."""
+    a = normalize_answer(answer)
+    if vqa_type == "count":
+        return a.isdigit()
+    return a in _VQA_ANSWER_VALUES[vqa_type]
 
 
 def link_names(answer: str) -> list[tuple[str, str]]:
@@ -561,14 +585,19 @@ class WorldSuite(Benchmark):
         n = len(group)
         if task == "vqa":
             right: dict[str, list[bool]] = defaultdict(list)
+            of_kind: dict[str, list[bool]] = defaultdict(list)
             for c, r in group:
                 right[c.ref["type"]].append(
                     normalize_answer(r["answer"]) == normalize_answer(c.ref["answer"])
                 )
+                of_kind[c.ref["type"]].append(answer_of_kind(c.ref["type"], r["answer"]))
             flat = [v for vs in right.values() for v in vs]
             return {
                 "accuracy": _pct(np.mean(flat)),
                 "per_type": {t: _pct(np.mean(v)) for t, v in sorted(right.items())},
+                # The share of answers of the asked kind, right or wrong (see answer_of_kind).
+                "answer_of_kind": _pct(np.mean([v for vs in of_kind.values() for v in vs])),
+                "per_type_answer_of_kind": {t: _pct(np.mean(v)) for t, v in sorted(of_kind.items())},
                 "num": n,
             }
         if task == "pope":
