@@ -31,8 +31,9 @@ demo: $(VENV)/.installed
 
 # The default model's recipe, as trained for the shipped weights (README, "Default model"): stages
 # 1-6 took 3.6 hours on a 2-core CPU, stages 7-9 93 minutes more on a slower one, stages 10-12
-# 84 minutes more on a faster one (23 + 18 + 43), stages 13-14 91 more there (69 + 22). Copy
-# runs/tiny_stage14/final/ into src/visionllm2/weights/visionllm2-tiny/ to ship the result.
+# 84 minutes more on a faster one (23 + 18 + 43), stages 13-14 91 more there (69 + 22), stages
+# 15-16 151 more on machines of that kind (78 + 73). Copy runs/tiny_stage16/final/ into
+# src/visionllm2/weights/visionllm2-tiny/ to ship the result.
 train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage4.yaml
@@ -47,6 +48,7 @@ train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage13.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage14.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage15.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage16.yaml
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks
