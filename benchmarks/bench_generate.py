@@ -22,9 +22,12 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from visionllm2 import Sample, Turn, build_model
 from visionllm2.config import LLMConfig, ModelConfig, VisionConfig, tiny_config
 from visionllm2.inference.generate import GenerationConfig, generate
+from visionllm2.modeling.builder import resolve_model_path
 
 SIZES = {
     "tiny": tiny_config,
+    # The shipped default model's sizes (visionllm2-tiny's config.json; freshly initialised).
+    "default": lambda: ModelConfig.load(resolve_model_path("tiny") / "config.json"),
     # ~100M parameters: a 12-layer 768-wide Llama and a small CLIP tower (196 patches).
     "100m": lambda: ModelConfig(
         vision=VisionConfig(

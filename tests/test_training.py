@@ -315,3 +315,68 @@ def test_each_run_logs_to_its_own_file(tmp_path):
     steps = sum(s.steps for s in cfg.stages)
     assert len(first_now) == len(logs[0]) == len(logs[1]) == steps
     assert all(" step " in line for line in first_now)
+
+
+def test_keep_links_holds_the_link_states(tmp_path, monkeypatch):
+    """A stage that trains the LLM alone with ``keep_links`` learns its text answers while the
+    link states (the decoders' inputs) stay near those of the model it began with; a run that
+    crashes and resumes holds them to the same starting model and ends where an uninterrupted
+    run ends."""
+    sys.path.insert(0, str(HELPERS))
+    from train_script import toy_samples
+
+    from visionllm2.modeling.builder import from_pretrained
+    from visionllm2.training import engine as engine_mod
+
+    recipe = tmp_path / "lm.yaml"
+
+    def train(name: str, keep: float, resume: bool = False) -> Path:
+        text = (HELPERS / "tiny_recipe.yaml").read_text().split("stages:")[0]
+        recipe.write_text(
+            text + "stages:\n  - {name: lm, steps: 8, lr: 0.003, decoders: false, keep_links: "
+            f"{keep}, lr_mult: {{projector: 0, llm: 1, links: 0, region: 0, backbone: 0, decoders: 0}}}}\n"
+            "batch_size: 4\nlog_every: 1\nckpt_every: 2\nseed: 0\ndevice: cpu\n"
+        )
+        cfg = load_train_config(recipe, [f"out_dir={tmp_path / name}"])
+        engine_mod.Trainer(cfg, resume=resume, progress=False).run()
+        return tmp_path / name
+
+    batch = None
+
+    def drift(run: Path, start: Path) -> float:
+        nonlocal batch
+        start_model, end_model = from_pretrained(start), from_pretrained(run / "final")
+        batch = batch or start_model.processor([s for s in toy_samples(12) if s.task == "det"])
+        with torch.no_grad():
+            states = end_model(batch, decoders=False, link_states=True).link_states
+            return float(engine_mod.link_drift(start_model, batch, states))
+
+    held = train("held", 100.0)
+    start = held / "link_anchor" / "0-lm"
+    free = train("free", 0.0)
+    assert not (free / "link_anchor").exists()
+    d_held, d_free = drift(held, start), drift(free, start)
+    assert d_free > 0.01 and d_held < 0.2 * d_free, (d_held, d_free)
+    hist = json.loads((held / "history.json").read_text())
+    assert "keep_links" in hist[-1] and hist[-1]["lm_loss"] < hist[0]["lm_loss"]  # it still learns
+
+    real_save = engine_mod.save_checkpoint
+
+    def save_then_crash(run_dir, model, opt, sched, position, keep=2):
+        path = real_save(run_dir, model, opt, sched, position, keep=keep)
+        if position.step == 4:
+            raise RuntimeError("crash")
+        return path
+
+    monkeypatch.setattr(engine_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        train("cut", 100.0)
+    monkeypatch.setattr(engine_mod, "save_checkpoint", real_save)
+    train("cut", 100.0, resume=True)
+    a, b = weights(held), weights(tmp_path / "cut")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ConfigError, match="keep_links"):
+        load_train_config(recipe, ["strategy=fsdp"])
+    with pytest.raises(ConfigError, match=">= 0"):
+        load_train_config(recipe, ["stages.0.keep_links=-1"])

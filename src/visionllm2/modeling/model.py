@@ -30,6 +30,7 @@ class ModelOutput:
     lm_loss: torch.Tensor | None
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # "decoder.name" -> weighted loss
     lm_loss_per_sample: torch.Tensor | None = None  # (B,) detached; NaN where nothing is trained
+    link_states: torch.Tensor | None = None  # (L, K_max, D), when asked for and the batch has links
 
 
 class VisionLLM2Model(nn.Module):
@@ -186,9 +187,10 @@ class VisionLLM2Model(nn.Module):
         return out
 
     # -- training forward ------------------------------------------------------------------
-    def forward(self, batch: Batch, decoders: bool = True) -> ModelOutput:
+    def forward(self, batch: Batch, decoders: bool = True, link_states: bool = False) -> ModelOutput:
         """Training forward: LM loss plus, with ``decoders``, every linked decoder's losses
-        (``decoders=False`` is the MLLM-only stage: link tokens are trained as text only)."""
+        (``decoders=False`` is the MLLM-only stage: link tokens are trained as text only).
+        ``link_states``: also return the states at every link's queries (:meth:`link_states`)."""
         embeds = self.embed(batch)
         hidden = self.run_llm(embeds, batch.attention_mask)  # (B, T, D)
 
@@ -207,8 +209,10 @@ class VisionLLM2Model(nn.Module):
                 per_sample[keep.sum(1) == 0] = float("nan")
         total = (lm_loss * self.config.lm_loss_weight) if lm_loss is not None else hidden.new_zeros(())
         losses: dict[str, torch.Tensor] = {}
-        if decoders and batch.link_targets is not None and batch.link_family.numel():
+        states = None
+        if batch.link_family.numel() and (link_states or (decoders and batch.link_targets is not None)):
             states = self.link_states(hidden, batch)
+        if decoders and batch.link_targets is not None and states is not None:
             groups = self.decoder_links(
                 states, batch.link_sample, batch.link_family, batch.link_names, batch.image_sizes
             )
@@ -221,7 +225,13 @@ class VisionLLM2Model(nn.Module):
                 for name, value in out.items():
                     losses[f"{dec}.{name}"] = value
                     total = total + value
-        return ModelOutput(loss=total, lm_loss=lm_loss, losses=losses, lm_loss_per_sample=per_sample)
+        return ModelOutput(
+            loss=total,
+            lm_loss=lm_loss,
+            losses=losses,
+            lm_loss_per_sample=per_sample,
+            link_states=states if link_states else None,
+        )
 
     # -- inference -------------------------------------------------------------------------
     def generate(

@@ -31,7 +31,11 @@ class StageSpec:
     ``weights`` overrides dataset weights for this stage (0 leaves a dataset out).
     ``decoders``: whether the task decoders run and add their losses; left unset it is off in
     ``stage1`` (the paper's MLLM stage learns text answers and routing tokens only) and on in
-    every other stage."""
+    every other stage.
+    ``keep_links``: weight of a term that holds the link states (the LLM's last-layer states at
+    every link's queries, what the decoders read) to those of the model as it was when the stage
+    began: their squared distance over the squared size of the starting ones. A stage that
+    trains the LLM for its text answers can then leave the decoders' inputs where they were."""
 
     name: str
     steps: int
@@ -41,6 +45,7 @@ class StageSpec:
     lr_mult: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     decoders: bool | None = None
+    keep_links: float = 0.0
 
     @property
     def runs_decoders(self) -> bool:
@@ -133,6 +138,14 @@ class TrainConfig:
                 raise ConfigError(f"stage {st.name!r}: weights name unknown dataset(s) {unknown}")
             if st.steps < 1:
                 raise ConfigError(f"stage {st.name!r}: steps must be >= 1")
+            if st.keep_links < 0:
+                raise ConfigError(f"stage {st.name!r}: keep_links must be >= 0, got {st.keep_links}")
+            if st.keep_links and self.strategy != "ddp":
+                raise ConfigError(
+                    f"stage {st.name!r}: keep_links runs a frozen copy of the model beside the "
+                    f"trained one, which the {self.strategy} strategy does not shard; use strategy "
+                    "ddp (or one process), or set keep_links to 0"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

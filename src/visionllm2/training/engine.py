@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from visionllm2.config import atomic_write_text
-from visionllm2.modeling.builder import adapt_pretrained, build_model
+from visionllm2.modeling.builder import adapt_pretrained, build_model, from_pretrained
 from visionllm2.training.checkpoint import (
     TrainPosition,
     latest_checkpoint,
@@ -99,6 +99,27 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    # -- link anchor -----------------------------------------------------------------------
+    def _link_anchor(self, si: int, stage, first: int):
+        """For a stage with ``keep_links``: the model as it was when the stage began, frozen.
+        It is saved in the run folder (``link_anchor/<stage>``) so that a resumed run holds the
+        link states to the same model, not to the one it resumes from."""
+        if not stage.keep_links:
+            return None
+        path = self.out / "link_anchor" / f"{si}-{stage.name}"
+        if first == 0 and self.dist.is_main:
+            self.model.save_pretrained(path)
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"stage {stage.name!r} holds its link states to the model it began with, saved in "
+                f"{path}, which is missing: restart the stage (without --resume) to save it again"
+            )
+        anchor = from_pretrained(path).to(self.dist.device).eval()
+        anchor.requires_grad_(False)
+        return anchor
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
@@ -192,6 +213,7 @@ class Trainer:
             if cfg.precision == "bf16"
             else contextlib.nullcontext()
         )
+        anchor = self._link_anchor(si, stage, first)
         window: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -204,12 +226,17 @@ class Trainer:
                     sync = wrapped.no_sync()  # accumulate locally, all-reduce once per step
                 with sync:
                     with autocast:
-                        out = wrapped(batch, decoders=stage.runs_decoders)
+                        out = wrapped(batch, decoders=stage.runs_decoders, link_states=anchor is not None)
+                        loss = out.loss
+                        if anchor is not None and out.link_states is not None:
+                            held = link_drift(anchor, batch, out.link_states)
+                            window["keep_links"].append(float(held.detach()))
+                            loss = loss + stage.keep_links * held
                     if engine is not None:
-                        engine.backward(out.loss)  # DeepSpeed scales by its accumulation steps
+                        engine.backward(loss)  # DeepSpeed scales by its accumulation steps
                         engine.step()  # it only updates at the accumulation boundary
                     else:
-                        (out.loss * (batch.input_ids.shape[0] / share)).backward()
+                        (loss * (batch.input_ids.shape[0] / share)).backward()
                 self._collect(window, out, batch)
             if engine is None:
                 for key, norm in clip_gradients(clips).items():
@@ -260,3 +287,12 @@ class Trainer:
             for s, v in zip(batch.samples, out.lm_loss_per_sample.tolist()):
                 if not math.isnan(v):
                     window[f"task/{task_of(s)}/lm_loss"].append(v)
+
+
+def link_drift(anchor, batch, states: torch.Tensor) -> torch.Tensor:
+    """How far ``states`` (a batch's link states) moved from the frozen ``anchor`` model's on the
+    same batch: their squared distance over the squared size of the anchor's (zero padding adds
+    nothing to either)."""
+    with torch.no_grad():
+        ref = anchor.link_states(anchor.run_llm(anchor.embed(batch), batch.attention_mask), batch)
+    return (states.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-12)
