@@ -5,6 +5,14 @@ they include the frozen vision tower's forward and every matmul/attention), and 
 the best of several large fp32 matrix products on the same device and thread count.
 
     .venv/bin/python benchmarks/bench_train.py --sizes tiny 100m --batch 8
+    .venv/bin/python benchmarks/bench_train.py --recipe configs/tiny_stage16.yaml --steps 20
+
+``--sizes`` times a stage-1 step (LM loss on fixed captions) of freshly built models.
+``--recipe`` times the trainer's step of one stage of a recipe, decoders included when the stage
+runs them: the recipe's data, batch, micro-batching, learning-rate groups and gradient clipping,
+on a trained model (``--model``, the shipped one by default, so the matcher and losses see
+realistic predictions). FLOPs are counted on every timed step (in a second pass over the same
+batches), and the world's rendering and batching is timed apart from the model's step.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import argparse
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench_generate import SIZES
 from visionllm2 import Sample, Turn, build_model
-from visionllm2.training.config import StageSpec
-from visionllm2.training.stages import build_optimizer
+from visionllm2.modeling.builder import from_pretrained
+from visionllm2.training.config import StageSpec, load_train_config
+from visionllm2.training.data import Mixture, StepBatches, build_dataset
+from visionllm2.training.stages import build_optimizer, clip_gradients, clip_sets
 
 
 def sync(device: str) -> None:
@@ -95,9 +106,69 @@ def run(size: str, batch: int, steps: int, device: str, dtype: str) -> dict:
     )
 
 
+def run_recipe(recipe: str, stage_index: int, model_name: str, steps: int) -> dict:
+    """Time the trainer's step of one recipe stage (see the module docstring)."""
+    cfg = load_train_config(recipe)
+    if not 0 <= stage_index < len(cfg.stages):
+        raise SystemExit(f"--stage {stage_index}: {recipe} has stages 0-{len(cfg.stages) - 1}")
+    stage = cfg.stages[stage_index]
+    torch.manual_seed(cfg.seed)
+    model = from_pretrained(model_name).train()
+    opt, _ = build_optimizer(model, stage, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    clips = clip_sets(model, params, cfg.grad_clip, cfg.decoder_grad_clip)
+    datasets = {d.name: build_dataset(d) for d in cfg.data}
+    weights = {d.name: stage.weights.get(d.name, d.weight) for d in cfg.data}
+    batches = StepBatches(
+        Mixture(datasets, weights, seed=cfg.seed, stage=stage_index),
+        model.processor,
+        batch_size=cfg.batch_size,
+        steps=steps + 1,
+        micro_batches=cfg.grad_accum,
+        max_tokens=cfg.micro_batch_tokens,
+    )
+
+    def step(micro) -> None:
+        share = sum(b.input_ids.shape[0] for b in micro)
+        for b in micro:
+            loss = model(b, decoders=stage.runs_decoders).loss
+            (loss * (b.input_ids.shape[0] / share)).backward()
+        clip_gradients(clips)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(batches[0])  # warm-up
+    data_s, step_s, timed = [], [], []
+    for i in range(1, steps + 1):
+        t0 = time.perf_counter()
+        micro = batches[i]
+        t1 = time.perf_counter()
+        step(micro)
+        data_s.append(t1 - t0)
+        step_s.append(time.perf_counter() - t1)
+        timed.append(micro)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for micro in timed:
+            step(micro)
+    n_micro = sum(len(m) for m in timed) / steps
+    return dict(
+        size=f"{Path(recipe).stem} stage {stage_index} ({stage.name})",
+        params=sum(p.numel() for p in model.parameters()),
+        batch=cfg.batch_size,
+        micro=n_micro,
+        sps=cfg.batch_size * steps / sum(step_s),
+        sps_data=cfg.batch_size * steps / (sum(step_s) + sum(data_s)),
+        flops=counter.get_total_flops() / sum(step_s),
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["tiny", "100m"], choices=list(SIZES))
+    ap.add_argument("--recipe", help="time a training recipe's stage instead of --sizes (CPU, fp32)")
+    ap.add_argument("--stage", type=int, default=0, help="with --recipe: the stage's index")
+    ap.add_argument("--model", default="tiny", help="with --recipe: the model the step trains")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
@@ -111,6 +182,18 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
     print(f"# {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}")
     print(f"# measured matmul peak ({args.peak_n}^3): {peak / 1e9:.1f} GFLOP/s")
+    if args.recipe:
+        r = run_recipe(args.recipe, args.stage, args.model, args.steps)
+        print(
+            "| recipe stage | params | batch | micro-batches | samples/s (step) | samples/s (with data) "
+            "| achieved GFLOP/s | MFU |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        print(
+            f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {r['micro']:.1f} | {r['sps']:.2f} "
+            f"| {r['sps_data']:.2f} | {r['flops'] / 1e9:.1f} | {100 * r['flops'] / peak:.1f}% |"
+        )
+        return
     print("| config | params | batch | tokens/batch | samples/s | achieved GFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:

@@ -82,7 +82,8 @@ def uncertain_point_coords(
     uncertainty = -point_sample(logits, coords).abs()[:, 0]  # (N, num_sampled)
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
-    idx = uncertainty.topk(num_uncertain, dim=1).indices  # (N, num_uncertain)
+    # Unsorted: the same points (the losses average over them), 2-3x faster on CPU for k ~ 10^4.
+    idx = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices  # (N, num_uncertain)
     chosen = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))
     if num_random > 0:
         chosen = torch.cat([chosen, torch.rand(n, num_random, 2, device=logits.device)], dim=1)
