@@ -380,3 +380,34 @@ def test_keep_links_holds_the_link_states(tmp_path, monkeypatch):
         load_train_config(recipe, ["strategy=fsdp"])
     with pytest.raises(ConfigError, match=">= 0"):
         load_train_config(recipe, ["stages.0.keep_links=-1"])
+
+
+def test_keep_links_holds_every_stage_to_the_first_stages_model(tmp_path):
+    """Two keep_links stages share one anchor, the model the first began with: the second
+    stage's first step (before any update of its own) already measures the first stage's
+    drift, where an anchor of its own would read exactly 0."""
+    sys.path.insert(0, str(HELPERS))
+    from train_script import toy_samples
+
+    from visionllm2.training.data import register_dataset
+    from visionllm2.training.engine import Trainer
+
+    # Every sample has a link, so every step measures the drift.
+    register_dataset("toy_det", lambda n: [s for s in toy_samples(2 * n) if s.task == "det"])
+    recipe = tmp_path / "two.yaml"
+    text = (HELPERS / "tiny_recipe.yaml").read_text().split("stages:")[0]
+    text = text.replace("type: toy,", "type: toy_det,")
+    stage = (
+        "steps: 3, lr: 0.003, decoders: false, keep_links: 1.0, "
+        "lr_mult: {projector: 0, llm: 1, links: 0, region: 0, backbone: 0, decoders: 0}"
+    )
+    recipe.write_text(
+        text + f"stages:\n  - {{name: a, {stage}}}\n  - {{name: b, {stage}}}\n"
+        "batch_size: 4\nlog_every: 1\nckpt_every: 100\nseed: 0\ndevice: cpu\n"
+    )
+    out = tmp_path / "run"
+    Trainer(load_train_config(recipe, [f"out_dir={out}"]), progress=False).run()
+    assert sorted(p.name for p in (out / "link_anchor").iterdir()) == ["0-a"]
+    hist = json.loads((out / "history.json").read_text())
+    first_of_b = next(h for h in hist if h["stage"] == "b")
+    assert hist[0]["keep_links"] == 0.0 and first_of_b["keep_links"] > 1e-6, hist

@@ -33,9 +33,10 @@ class StageSpec:
     ``stage1`` (the paper's MLLM stage learns text answers and routing tokens only) and on in
     every other stage.
     ``keep_links``: weight of a term that holds the link states (the LLM's last-layer states at
-    every link's queries, what the decoders read) to those of the model as it was when the stage
-    began: their squared distance over the squared size of the starting ones. A stage that
-    trains the LLM for its text answers can then leave the decoders' inputs where they were."""
+    every link's queries, what the decoders read) to those of the model as it was when the run's
+    first ``keep_links`` stage began: their squared distance over the squared size of the
+    starting ones. A stage that trains the LLM for its text answers can then leave the decoders'
+    inputs where they were, and several such stages do not add their drifts up."""
 
     name: str
     steps: int

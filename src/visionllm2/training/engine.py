@@ -102,13 +102,16 @@ class Trainer:
 
     # -- link anchor -----------------------------------------------------------------------
     def _link_anchor(self, si: int, stage, first: int):
-        """For a stage with ``keep_links``: the model as it was when the stage began, frozen.
-        It is saved in the run folder (``link_anchor/<stage>``) so that a resumed run holds the
-        link states to the same model, not to the one it resumes from."""
+        """For a stage with ``keep_links``: the model as it was when the run's first such stage
+        began, frozen. Every later ``keep_links`` stage holds the link states to that same model
+        (anchoring each stage to its own start would let the drift add up stage by stage). It is
+        saved in the run folder (``link_anchor/<i>-<stage>`` of that first stage) so that a
+        resumed run holds the link states to the same model, not to the one it resumes from."""
         if not stage.keep_links:
             return None
-        path = self.out / "link_anchor" / f"{si}-{stage.name}"
-        if first == 0 and self.dist.is_main:
+        fi = next(i for i, s in enumerate(self.cfg.stages) if s.keep_links)
+        path = self.out / "link_anchor" / f"{fi}-{self.cfg.stages[fi].name}"
+        if si == fi and first == 0 and self.dist.is_main:
             self.model.save_pretrained(path)
         if self.dist.enabled:
             torch.distributed.barrier()
