@@ -17,6 +17,7 @@ from collections import defaultdict
 
 import torch
 
+from visionllm2.evaluation.reliance import samples_by_task
 from visionllm2.modeling.builder import from_pretrained
 from visionllm2.training.data import world_dataset
 
@@ -25,7 +26,7 @@ TASKS = ("det", "inst_seg", "sem_seg", "grd", "ref_seg", "pose", "gen", "edit")
 
 def states(model, batch) -> torch.Tensor:
     with torch.no_grad():
-        return model.link_states(model.run_llm(model.embed(batch), batch.attention_mask), batch).float()
+        return model(batch, decoders=False, link_states=True).link_states.float()
 
 
 def main() -> None:
@@ -38,12 +39,8 @@ def main() -> None:
     args = p.parse_args()
     model = from_pretrained(args.model).eval()
     reference = from_pretrained(args.reference).eval()
-    picked: dict[str, list] = {t: [] for t in TASKS}
-    for s in world_dataset(num=100_000, seed=args.seed, heldout_seed=0):
-        if s.task in picked and len(picked[s.task]) < args.per_task:
-            picked[s.task].append(s)
-        if all(len(v) == args.per_task for v in picked.values()):
-            break
+    data = world_dataset(num=100_000, seed=args.seed, heldout_seed=0)
+    picked = samples_by_task(data, TASKS, args.per_task, one_image=False)
     samples = [s for t in TASKS for s in picked[t]]
     moved: dict[str, float] = defaultdict(float)
     size: dict[str, float] = defaultdict(float)

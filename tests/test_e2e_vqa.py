@@ -74,3 +74,5 @@ def test_samples_by_task_takes_the_first_of_each_and_says_when_the_data_runs_sho
     assert [s.conversation[1].content for s in picked["mc"]] == ["1", "5"]
     with pytest.raises(ValueError, match="only {'mc': 2}"):
         samples_by_task(data, ["vqa", "mc"], 3)
+    anyway = samples_by_task(data, ["vqa"], 2, one_image=False)["vqa"]
+    assert [len(s.images) for s in anyway] == [1, 2]  # the two-image sample kept

@@ -12,11 +12,14 @@ import torch
 from visionllm2.data.sample import Sample
 
 
-def samples_by_task(data: Iterable[Sample], tasks: Sequence[str], per_task: int) -> dict[str, list[Sample]]:
-    """The first ``per_task`` one-image samples of each task in ``data``, in order."""
+def samples_by_task(
+    data: Iterable[Sample], tasks: Sequence[str], per_task: int, *, one_image: bool = True
+) -> dict[str, list[Sample]]:
+    """The first ``per_task`` samples of each task in ``data``, in order; with ``one_image``
+    only samples of one image (text-to-image samples have none)."""
     picked: dict[str, list[Sample]] = {t: [] for t in tasks}
     for s in data:
-        if s.task in picked and len(picked[s.task]) < per_task and len(s.images) == 1:
+        if s.task in picked and len(picked[s.task]) < per_task and (len(s.images) == 1 or not one_image):
             picked[s.task].append(s)
         if all(len(v) == per_task for v in picked.values()):
             return picked
