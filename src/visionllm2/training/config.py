@@ -36,7 +36,10 @@ class StageSpec:
     every link's queries, what the decoders read) to those of the model as it was when the run's
     first ``keep_links`` stage began: their squared distance over the squared size of the
     starting ones. A stage that trains the LLM for its text answers can then leave the decoders'
-    inputs where they were, and several such stages do not add their drifts up."""
+    inputs where they were, and several such stages do not add their drifts up.
+    ``keep_links_families``: the link families (``det``, ``grd``…) that ``keep_links`` holds;
+    empty holds every family. A stage that trains the LLM for one family's links (say ``grd``)
+    can then hold the others."""
 
     name: str
     steps: int
@@ -47,6 +50,7 @@ class StageSpec:
     weights: dict[str, float] = field(default_factory=dict)
     decoders: bool | None = None
     keep_links: float = 0.0
+    keep_links_families: list[str] = field(default_factory=list)
 
     @property
     def runs_decoders(self) -> bool:
@@ -141,6 +145,11 @@ class TrainConfig:
                 raise ConfigError(f"stage {st.name!r}: steps must be >= 1")
             if st.keep_links < 0:
                 raise ConfigError(f"stage {st.name!r}: keep_links must be >= 0, got {st.keep_links}")
+            if st.keep_links_families and not st.keep_links:
+                raise ConfigError(
+                    f"stage {st.name!r}: keep_links_families {st.keep_links_families} has no effect "
+                    "with keep_links 0; set keep_links (e.g. 20) or drop keep_links_families"
+                )
             if st.keep_links and self.strategy != "ddp":
                 raise ConfigError(
                     f"stage {st.name!r}: keep_links runs a frozen copy of the model beside the "

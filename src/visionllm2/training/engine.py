@@ -24,7 +24,7 @@ from visionllm2.training.checkpoint import (
     load_position,
     save_checkpoint,
 )
-from visionllm2.training.config import TrainConfig, load_model_config
+from visionllm2.training.config import ConfigError, TrainConfig, load_model_config
 from visionllm2.training.data import Mixture, StepBatches, build_dataset, task_of
 from visionllm2.training.distributed import (
     DistInfo,
@@ -124,6 +124,19 @@ class Trainer:
         anchor.requires_grad_(False)
         return anchor
 
+    def _held_families(self, stage) -> list[int] | None:
+        """Indices of the link families ``stage.keep_links_families`` names (None: every family)."""
+        if not stage.keep_links_families:
+            return None
+        names = self.model.super_link.family_names
+        unknown = sorted(set(stage.keep_links_families) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"stage {stage.name!r}: keep_links_families names {unknown}, which this model does not "
+                f"have; its link families are {names}"
+            )
+        return [names.index(f) for f in stage.keep_links_families]
+
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
         self._setup_logging()
@@ -134,6 +147,8 @@ class Trainer:
 
     def _run(self) -> dict[str, float]:
         cfg = self.cfg
+        for stage in cfg.stages:
+            self._held_families(stage)  # a misspelt family fails before any training
         start = TrainPosition(stage=0, step=0)
         ckpt = latest_checkpoint(self.out) if self.resume else None
         if self.resume and ckpt is None and self.dist.is_main:
@@ -217,6 +232,7 @@ class Trainer:
             else contextlib.nullcontext()
         )
         anchor = self._link_anchor(si, stage, first)
+        held_families = self._held_families(stage)
         window: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -232,7 +248,7 @@ class Trainer:
                         out = wrapped(batch, decoders=stage.runs_decoders, link_states=anchor is not None)
                         loss = out.loss
                         if anchor is not None and out.link_states is not None:
-                            held = link_drift(anchor, batch, out.link_states)
+                            held = link_drift(anchor, batch, out.link_states, held_families)
                             window["keep_links"].append(float(held.detach()))
                             loss = loss + stage.keep_links * held
                     if engine is not None:
@@ -292,10 +308,14 @@ class Trainer:
                     window[f"task/{task_of(s)}/lm_loss"].append(v)
 
 
-def link_drift(anchor, batch, states: torch.Tensor) -> torch.Tensor:
+def link_drift(anchor, batch, states: torch.Tensor, families: list[int] | None = None) -> torch.Tensor:
     """How far ``states`` (a batch's link states) moved from the frozen ``anchor`` model's on the
     same batch: their squared distance over the squared size of the anchor's (zero padding adds
-    nothing to either)."""
+    nothing to either). ``families`` (indices into the model's link families) keeps only the
+    links of those families; a batch without any measures 0."""
     with torch.no_grad():
         ref = anchor.link_states(anchor.run_llm(anchor.embed(batch), batch.attention_mask), batch)
+    if families is not None:
+        keep = torch.isin(batch.link_family.to(states.device), torch.tensor(families, device=states.device))
+        states, ref = states[keep], ref[keep]
     return (states.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-12)
