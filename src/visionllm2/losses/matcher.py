@@ -136,11 +136,9 @@ class HungarianMatcher(nn.Module):
         coords = torch.rand(1, self.num_points, 2, device=pred.device)
         p = point_sample(pred.flatten(0, 1)[:, None].float(), coords.expand(s * q, -1, -1)).view(s, q, -1)
         t = point_sample(tgt.masks.flatten(0, 1)[:, None], coords.expand(s * n, -1, -1)).view(s, n, -1)
-        # BCE with logits, split into the positive and negative terms so it factorises into a matmul.
-        pos = nn.functional.binary_cross_entropy_with_logits(p, torch.ones_like(p), reduction="none")
-        neg = nn.functional.binary_cross_entropy_with_logits(p, torch.zeros_like(p), reduction="none")
+        # BCE with logits as a matmul: per point softplus(p) - p * t, summed over the points.
         t_t = t.transpose(1, 2)
-        bce = (pos @ t_t + neg @ (1 - t_t)) / p.shape[-1]  # (S, Q, N)
+        bce = (nn.functional.softplus(p).sum(-1)[..., None] - p @ t_t) / p.shape[-1]  # (S, Q, N)
         sig = p.sigmoid()
         dice = 1 - (2 * sig @ t_t + 1) / (sig.sum(-1)[..., None] + t.sum(-1)[:, None, :] + 1)
         # Targets without a mask (box-only annotations) add no mask cost.
