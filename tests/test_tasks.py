@@ -18,6 +18,7 @@ from visionllm2.data.sample import LinkTarget
 from visionllm2.data.synthetic.tasks import (
     POPE_VOCABULARY,
     TASKS,
+    Desc,
     SyntheticTaskDataset,
     TaskNotApplicable,
     _count_target,
@@ -229,9 +230,10 @@ def test_referring_expressions_pick_out_exactly_one_object(scenes):
 
 def test_grounding_phrases_benchmark_tells_the_grammar_kinds_apart(scenes):
     """benchmarks/grounding_phrases.py sorts the suite's expressions by text alone; every phrase the
-    grammar writes must land in the kind of the description it came from."""
+    grammar writes must land in the kind of the description it came from, and a relation's two halves
+    must read back as the base and landmark descriptions it was written from."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from grounding_phrases import phrase_kind
+    from grounding_phrases import phrase_kind, simple_desc
 
     seen = set()
     for scene, r in scenes:
@@ -242,6 +244,10 @@ def test_grounding_phrases_benchmark_tells_the_grammar_kinds_apart(scenes):
                 kind = next((k for k, v in parts.items() if v), "attributes")
                 assert phrase_kind(d.phrase()) == kind, d.phrase()
                 seen.add(kind)
+                if d.relation:
+                    base, mark = d.phrase().split(f" {d.relation} ")
+                    assert simple_desc(base) == Desc(d.noun, d.colour), d.phrase()
+                    assert simple_desc(mark) == Desc(d.landmark.noun, d.landmark.colour), d.phrase()
     assert seen == {"relation", "superlative", "position", "attributes"}
 
 
