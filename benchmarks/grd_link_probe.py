@@ -9,17 +9,15 @@ colour of the words before the relation, and the landmark's kind; for attribute 
 red shape") the colour. It is scored on the rest. A colour the probe cannot read from a relation
 link's mean state is a colour the decoder's one class embedding for that phrase does not carry.
 
-    python benchmarks/grd_link_probe.py --model tiny --samples 2048
+    python benchmarks/grd_link_probe.py --model tiny --samples 4096
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from grounding_phrases import phrase_kind, simple_desc
-from link_probe import probe_accuracy
+from link_probe import probe_accuracy, probe_args
 from visionllm2.data.synthetic.tasks import RELATIONS
 from visionllm2.data.synthetic.world import COLOURS, FIGURES, KINDS
 from visionllm2.modeling.builder import from_pretrained
@@ -45,12 +43,7 @@ def targets(phrase: str) -> dict[str, int]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--samples", type=int, default=2048, help="grounding prompts (3/4 train the probes)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seed", type=int, default=123, help="world dataset seed (not a training seed)")
-    args = p.parse_args()
+    args = probe_args(__doc__, 4096)
     torch.manual_seed(0)
     model = from_pretrained(args.model).eval()
     name = model.config.families["grd"].decoder

@@ -61,13 +61,18 @@ def probe_accuracy(x: torch.Tensor, y: torch.Tensor, train: int, l2: float = 1e-
         return float(((x[train:] @ w + b).argmax(1) == y[train:]).double().mean())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def probe_args(doc: str, samples: int) -> argparse.Namespace:
+    """The command line of a link-probe benchmark: --model, --samples, --batch, --seed."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny")
-    p.add_argument("--samples", type=int, default=1024, help="prompts (3/4 train the probes)")
+    p.add_argument("--samples", type=int, default=samples, help="prompts (3/4 train the probes)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seed", type=int, default=123, help="world dataset seed (not the training seed 0)")
-    args = p.parse_args()
+    p.add_argument("--seed", type=int, default=123, help="world dataset seed (not a training seed)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = probe_args(__doc__, 1024)
     torch.manual_seed(0)
     model = from_pretrained(args.model).eval()
     name = model.config.families["gen"].decoder
