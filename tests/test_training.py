@@ -382,21 +382,27 @@ def test_keep_links_holds_the_link_states(tmp_path, monkeypatch):
         load_train_config(recipe, ["stages.0.keep_links=-1"])
 
 
-def test_keep_links_holds_every_stage_to_the_first_stages_model(tmp_path):
-    """Two keep_links stages share one anchor, the model the first began with: the second
-    stage's first step (before any update of its own) already measures the first stage's
-    drift, where an anchor of its own would read exactly 0."""
+def det_only_recipe_head() -> str:
+    """The toy recipe's model and data, drawn from its det samples only, so every sample has a link
+    and every step measures the link drift (the recipe text before ``stages:``)."""
     sys.path.insert(0, str(HELPERS))
     from train_script import toy_samples
 
     from visionllm2.training.data import register_dataset
+
+    register_dataset("toy_det", lambda n: [s for s in toy_samples(2 * n) if s.task == "det"])
+    text = (HELPERS / "tiny_recipe.yaml").read_text().split("stages:")[0]
+    return text.replace("type: toy,", "type: toy_det,")
+
+
+def test_keep_links_holds_every_stage_to_the_first_stages_model(tmp_path):
+    """Two keep_links stages share one anchor, the model the first began with: the second
+    stage's first step (before any update of its own) already measures the first stage's
+    drift, where an anchor of its own would read exactly 0."""
     from visionllm2.training.engine import Trainer
 
-    # Every sample has a link, so every step measures the drift.
-    register_dataset("toy_det", lambda n: [s for s in toy_samples(2 * n) if s.task == "det"])
     recipe = tmp_path / "two.yaml"
-    text = (HELPERS / "tiny_recipe.yaml").read_text().split("stages:")[0]
-    text = text.replace("type: toy,", "type: toy_det,")
+    text = det_only_recipe_head()
     stage = (
         "steps: 3, lr: 0.003, decoders: false, keep_links: 1.0, "
         "lr_mult: {projector: 0, llm: 1, links: 0, region: 0, backbone: 0, decoders: 0}"
@@ -418,17 +424,12 @@ def test_keep_links_families_holds_only_the_named_families(tmp_path):
     free: on det-only data, holding ``det`` keeps the det links near the start, holding only
     ``grd`` measures no drift at all (the batches have no grd links) and lets them move as far as
     an unheld run; a family the model lacks fails before any training."""
-    sys.path.insert(0, str(HELPERS))
-    from train_script import toy_samples
-
     from visionllm2.modeling.builder import from_pretrained
     from visionllm2.training import engine as engine_mod
-    from visionllm2.training.data import register_dataset
 
-    register_dataset("toy_det_only", lambda n: [s for s in toy_samples(2 * n) if s.task == "det"])
     recipe = tmp_path / "fam.yaml"
-    text = (HELPERS / "tiny_recipe.yaml").read_text().split("stages:")[0]
-    text = text.replace("type: toy,", "type: toy_det_only,")
+    text = det_only_recipe_head()
+    from train_script import toy_samples
 
     def train(name: str, families: str) -> Path:
         recipe.write_text(

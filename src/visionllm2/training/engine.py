@@ -147,8 +147,7 @@ class Trainer:
 
     def _run(self) -> dict[str, float]:
         cfg = self.cfg
-        for stage in cfg.stages:
-            self._held_families(stage)  # a misspelt family fails before any training
+        held = [self._held_families(stage) for stage in cfg.stages]  # a misspelt family fails here
         start = TrainPosition(stage=0, step=0)
         ckpt = latest_checkpoint(self.out) if self.resume else None
         if self.resume and ckpt is None and self.dist.is_main:
@@ -170,7 +169,7 @@ class Trainer:
                 first = start.step
             if first >= stage.steps:
                 continue
-            last = self._run_stage(si, stage, opt, sched, first, global_step)
+            last = self._run_stage(si, stage, opt, sched, first, global_step, held[si])
             global_step += stage.steps - first
         if self.dist.is_main:
             self.model.save_pretrained(self.out / "final")
@@ -181,7 +180,9 @@ class Trainer:
         finish_distributed(self.dist)
         return last
 
-    def _run_stage(self, si: int, stage, opt, sched, first: int, global_step: int) -> dict[str, float]:
+    def _run_stage(
+        self, si: int, stage, opt, sched, first: int, global_step: int, held_families: list[int] | None
+    ) -> dict[str, float]:
         cfg, info = self.cfg, self.dist
         weights = {d.name: stage.weights.get(d.name, d.weight) for d in cfg.data}
         mixture = Mixture(self.datasets, weights, seed=cfg.seed, stage=si)
@@ -232,7 +233,6 @@ class Trainer:
             else contextlib.nullcontext()
         )
         anchor = self._link_anchor(si, stage, first)
-        held_families = self._held_families(stage)
         window: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
         t0 = time.perf_counter()
