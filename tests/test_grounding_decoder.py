@@ -261,37 +261,3 @@ def test_unannotated_links_are_not_scored():
     torch.manual_seed(1)
     b = dec(links, pixels, absent)["loss_class"]
     assert float(b) > float(a) > 0
-
-
-def test_states_as_tokens_reads_each_link_state_not_only_their_mean():
-    links, pixels, targets = _mixed_batch()
-    dec = GroundingDecoder(**TINY, states_as_tokens=["grd"]).eval()
-    text = dec.gather_links(links, 2)
-    # Sample 0: two [DET] links (one token each) and the [GRD] phrase's 4 states; sample 1: one [SEG].
-    assert text.tokens.shape == (2, 6, 64) and text.class_valid.tolist() == [[True] * 3, [True, False, False]]
-    assert text.token_pad.tolist() == [[False] * 6, [False] + [True] * 5]
-    assert torch.equal(text.pool[0], torch.tensor([[1.0] + [0] * 5, [0, 1.0] + [0] * 4, [0, 0] + [0.25] * 4]))
-    assert torch.allclose(text.tokens[0, 2:], dec.text_proj(links.states[2]))
-
-    # Same mean, other states: with the option the [GRD] column changes; without it nothing does.
-    swapped = links.states.detach().clone()
-    noise = torch.randn(4, 32)
-    swapped[2] = swapped[2].mean(0) + noise - noise.mean(0)
-    other = Links(**{**links.__dict__, "states": swapped})
-    plain = GroundingDecoder(**TINY).eval()
-    plain.load_state_dict(dec.state_dict())  # same weights: the option adds no tensors
-    with torch.no_grad():
-        a, b = dec(links, pixels)[0]["logits"], dec(other, pixels)[0]["logits"]
-        c, d = plain(links, pixels)[0]["logits"], plain(other, pixels)[0]["logits"]
-    assert (a[:, 2] - b[:, 2]).abs().max() > 1e-3
-    assert torch.allclose(c, d, atol=1e-5)
-
-    losses = dec.train()(links, pixels, targets)
-    sum(losses.values()).backward()
-    assert all(torch.isfinite(v) for v in losses.values())
-    # Each of the phrase's states gets its own gradient, not a quarter of a shared one.
-    grads = links.states.grad[2]
-    assert not torch.allclose(grads, grads.mean(0).expand_as(grads), atol=1e-6)
-
-    with pytest.raises(ValueError, match="states_as_tokens names \\['pose'\\]"):
-        GroundingDecoder(**TINY, states_as_tokens=["grd", "pose"])

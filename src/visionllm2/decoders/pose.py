@@ -49,7 +49,7 @@ from torch import nn
 
 from visionllm2.data.sample import LinkTarget
 from visionllm2.decoders import Links
-from visionllm2.decoders.grounding import MLP, GroundingDecoder, _sine
+from visionllm2.decoders.grounding import MLP, GroundingDecoder, _safe_padding, _sine
 from visionllm2.inference.results import Detection
 from visionllm2.losses.matcher import HungarianMatcher
 from visionllm2.losses.pose import PoseCriterion
@@ -203,11 +203,10 @@ class PoseDecoder(GroundingDecoder):
         keypoint_delta_activation: str = "relu",
         **kwargs: Any,
     ) -> None:
-        for key in ("mask_on", "dn_number", "seg_outputs", "states_as_tokens"):
+        for key in ("mask_on", "dn_number", "seg_outputs"):
             if key in kwargs:
                 raise ValueError(
-                    f"the pose decoder does not take {key!r} (it has no masks or denoising queries, "
-                    "and reads one embedding per link)"
+                    f"the pose decoder does not take {key!r} (it has no masks or denoising queries)"
                 )
         super().__init__(link_dim=link_dim, mask_on=False, dn_number=0, focal_alpha=focal_alpha, **kwargs)
         self.category_names = list(category_names or [])
@@ -413,16 +412,17 @@ class PoseDecoder(GroundingDecoder):
             raise ValueError(
                 f"got {len(targets)} targets for {len(links)} links; pass one (or None) per link"
             )
-        text, text_pad, _, _, per_sample = self.gather_links(links, s)
+        text, link_valid, per_sample = self.gather_links(links, s)
         groups, class_valid, kp_cols, kp_pad, _, p_max = self.layout(
             links, per_sample, targets, text.shape[1]
         )
+        text_pad = _safe_padding(~link_valid)
 
         feats = self.backbone(pixels)
         memory, memory_pos, shapes, text = self.encode(feats[1:], text, text_pad)
         content, ref, enc_out = self.select_queries(memory, shapes, text, class_valid)
         layers, hs = self.run_decoder(
-            content, ref, text, text_pad, text, class_valid, memory, memory_pos, None, None
+            content, ref, text, text_pad, class_valid, memory, memory_pos, None, None
         )
         kp_text = torch.gather(
             text[:, None].expand(-1, kp_cols.shape[1], -1, -1),
