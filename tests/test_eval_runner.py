@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from visionllm2.data.formats.benchmarks import SHORT_ANSWER, read_benchmark
 from visionllm2.data.sample import Sample, Turn
 from visionllm2.evaluation.cli import BENCHMARK_NAMES
 from visionllm2.evaluation.mme import MME_SUBTASKS
-from visionllm2.evaluation.runner import EvalItem, build_batch, plan_batches, read_predictions
+from visionllm2.evaluation.runner import EvalItem, build_batch, plan_batches, read_predictions, weights_digest
 from visionllm2.evaluation.submission import score_benchmark
 from visionllm2.evaluation.suites import (
     BENCHMARKS,
@@ -41,6 +42,7 @@ from visionllm2.evaluation.suites import (
 )
 from visionllm2.evaluation.world import WorldSuite, answer_of_kind, label_in_answer, link_names
 from visionllm2.modeling.builder import build_model
+from visionllm2.modeling.model import VisionLLM2Model
 from visionllm2.ops.masks import mask_to_rle
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -676,3 +678,20 @@ def test_world_generation_and_editing_are_scored_by_the_verifier(tmp_path: Path)
     nothing = {it.uid: suite.record(it, Result(text=""), out_dir=tmp_path) for it in items}
     s = suite.score(items, nothing)["test"]
     assert s["edit"]["verifier_accuracy"] == 0.0 and s["edit"]["no_image"] == 3
+
+
+def test_refuses_to_resume_with_other_weights_at_the_same_path(models, tmp_path: Path) -> None:
+    # A model folder retrained (or a checkpoint copied) in place: its predictions must not be resumed.
+    folder = tmp_path / "model"
+    shutil.copytree(models["text"], folder)
+    text_data("pope", tmp_path)
+    out, args = tmp_path / "out", ("--data", str(tmp_path / "pope"), "--limit", "1")
+    assert run_eval(folder, "pope", out, *args)[0] == 0
+    digest = json.loads((out / "run.json").read_text())["weights"]
+    assert digest == weights_digest(VisionLLM2Model.from_pretrained(folder))
+    model = VisionLLM2Model.from_pretrained(folder)
+    with torch.no_grad():
+        model.llm.get_input_embeddings().weight[5, 0] += 1e-3
+    model.save_pretrained(folder)
+    rc, err = run_eval(folder, "pope", out, *args)
+    assert rc == 1 and "holds predictions of another run" in err

@@ -2,8 +2,9 @@
 
 Output folder layout (``--out``)::
 
-    run.json                     what produced the predictions (benchmark, model, settings); a rerun with
-                                 different settings into the same folder is refused
+    run.json                     what produced the predictions (benchmark, model and a digest of its
+                                 weights, settings); a rerun with a different model, other weights at the
+                                 same path included, or different settings into the same folder is refused
     predictions.jsonl            one JSON line per item, ``{"uid": ..., **record}``, in benchmark order
     predictions.part-*.jsonl     lines appended while a run is in progress (one file per process and run);
                                  merged into predictions.jsonl and removed at the end
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -36,6 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -248,10 +251,30 @@ class _Processes:
 # --------------------------------------------------------------------------- the run
 
 
-def _fingerprint(benchmark: Benchmark, model_name: str, max_new_tokens: int | None) -> dict[str, Any]:
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short digest of a model's tensors (names, shapes, dtypes, and each tensor's sum and L2 norm
+    to 10 significant digits): weights retrained or swapped under the same path give another digest,
+    computed in one read of the tensors where they are."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            if t.numel():
+                x = t.detach() if t.is_floating_point() else t.detach().float()
+                total = float(x.sum(dtype=torch.float64))
+                norm = float(torch.linalg.vector_norm(x, dtype=torch.float64))
+                # 10 significant digits: the reductions' order (threads, device) must not matter.
+                h.update(f"{total:.10g}|{norm:.10g}|".encode())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(
+    benchmark: Benchmark, model_name: str, weights: str, max_new_tokens: int | None
+) -> dict[str, Any]:
     return {
         "benchmark": benchmark.name,
         "model": model_name,
+        "weights": weights,
         "settings": benchmark.settings(),
         "max_new_tokens": max_new_tokens,
     }
@@ -301,7 +324,7 @@ def evaluate(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
 
-    run_info = _fingerprint(benchmark, model_name, max_new_tokens)
+    run_info = _fingerprint(benchmark, model_name, weights_digest(model), max_new_tokens)
     error = None
     if procs.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
