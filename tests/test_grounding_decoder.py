@@ -296,3 +296,15 @@ def test_state_readout_starts_as_the_mean_and_can_read_each_state():
         GroundingDecoder(**TINY, state_readout=8)(links, pixels)
     with pytest.raises(ValueError, match="state_readout"):
         GroundingDecoder(**TINY, state_readout=-1)
+
+
+def test_rank_loss_scores_the_grd_phrases_on_the_matched_layers():
+    links, pixels, targets = _mixed_batch()
+    dec = GroundingDecoder(**TINY, loss_weights={"rank": 1.0}).train()
+    losses = dec(links, pixels, targets)
+    assert {"loss_rank", "loss_rank_0", "loss_rank_enc"} <= set(losses)
+    assert not any(k.startswith("loss_rank_dn") for k in losses)
+    assert float(losses["loss_rank"]) > 0
+    # Without a [GRD] link the term is there but zero.
+    det_only = Links(**{**links.__dict__, "families": ["det", "det", "det", "seg"]})
+    assert float(dec(det_only, pixels, targets)["loss_rank"]) == 0.0
