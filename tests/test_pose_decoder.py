@@ -103,10 +103,8 @@ def test_grouping_rule():
 @pytest.mark.parametrize("grid", [0, 3])
 def test_training_losses_are_finite_and_reach_every_parameter_and_the_links(grid):
     links, pixels, targets = _batch()
-    # The grid case also reads each link's states (state_readout), which the pose decoder inherits.
-    dec = PoseDecoder(**TINY, keypoint_sample_grid=grid, state_readout=4 if grid else 0).train()
+    dec = PoseDecoder(**TINY, keypoint_sample_grid=grid).train()
     assert (dec.kp_layers[0].point_proj is not None) == (grid > 0)
-    assert hasattr(dec, "state_readout_proj") == (grid > 0)
     losses = dec(links, pixels, targets)
     for k in ("class", "bbox", "giou", "keypoints", "oks", "visibility"):
         assert f"loss_{k}" in losses
