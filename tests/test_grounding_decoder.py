@@ -273,3 +273,20 @@ def test_rank_loss_scores_the_grd_phrases_on_the_matched_layers():
     # Without a [GRD] link the term is there but zero.
     det_only = Links(**{**links.__dict__, "families": ["det", "det", "det", "seg"]})
     assert float(dec(det_only, pixels, targets)["loss_rank"]) == 0.0
+
+
+def test_grd_candidates_returns_the_best_queries_of_a_phrase_best_first():
+    links, pixels, _ = _mixed_batch()
+    dec = GroundingDecoder(**TINY).eval()
+    with torch.no_grad():
+        out = dec(links, pixels)[0]
+    kw = dict(names=links.names[:3], families=links.families[:3], image_size=(200, 100))
+    (one,) = [i for i in dec.postprocess(out, **kw) if i.link == 2]
+    dec.grd_candidates = 3
+    three = [i for i in dec.postprocess(out, **kw) if i.link == 2]
+    assert len(three) == 3 and three[0] == one
+    assert [d.score for d in three] == sorted(
+        torch.sigmoid(out["logits"][:, 2]).topk(3).values.tolist(), reverse=True
+    )
+    with pytest.raises(ValueError, match="grd_candidates"):
+        GroundingDecoder(**TINY, grd_candidates=0)

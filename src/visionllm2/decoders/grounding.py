@@ -434,9 +434,10 @@ class GroundingDecoder(LinkDecoder):
                  ``boxes`` (Q, 4) normalised cxcywh and ``masks`` (Q, H/4, W/4) logits or None.
 
     ``postprocess`` makes, per family of the sample's links: [DET] -> Detections (top scores
-    over all det classes, ``score_threshold``, at most ``max_detections``); [GRD] -> the single
-    best query of each phrase; [SEG] -> a :class:`SemanticMap` (argmax over the [SEG] class
-    maps; -1 below ``semantic_threshold``) and/or instance Detections (``seg_outputs``).
+    over all det classes, ``score_threshold``, at most ``max_detections``); [GRD] -> the best
+    query of each phrase (the ``grd_candidates`` best, best first, when above 1); [SEG] -> a
+    :class:`SemanticMap` (argmax over the [SEG] class maps; -1 below ``semantic_threshold``)
+    and/or instance Detections (``seg_outputs``).
     """
 
     families = ("det", "seg", "grd")
@@ -467,6 +468,7 @@ class GroundingDecoder(LinkDecoder):
         matcher_points: int = 1024,
         score_threshold: float = 0.1,
         max_detections: int = 100,
+        grd_candidates: int = 1,
         semantic_threshold: float = 0.3,
         seg_outputs: str = "both",
     ) -> None:
@@ -487,6 +489,11 @@ class GroundingDecoder(LinkDecoder):
         self.dn_label_noise_ratio = dn_label_noise_ratio
         self.score_threshold = score_threshold
         self.max_detections = max_detections
+        if grd_candidates < 1:
+            raise ValueError(
+                f"grd_candidates is how many boxes a [GRD] phrase gets (>= 1), got {grd_candidates}"
+            )
+        self.grd_candidates = grd_candidates
         self.semantic_threshold = semantic_threshold
         self.seg_outputs = seg_outputs
 
@@ -899,8 +906,9 @@ class GroundingDecoder(LinkDecoder):
                     break
                 items.append(detection(idx // len(cols), int(cols[idx % len(cols)])))
         for c, fam in enumerate(families):
-            if fam == "grd":  # referring: exactly the best query for the phrase (top-1)
-                items.append(detection(int(scores[:, c].argmax()), c))
+            if fam == "grd":  # referring: the best query for the phrase (or the few best, best first)
+                best = scores[:, c].topk(min(self.grd_candidates, scores.shape[0])).indices
+                items.extend(detection(int(q), c) for q in best)
         if seg_cols and masks is not None and self.seg_outputs in ("both", "semantic"):
             items.append(self.semantic_map(scores[:, seg_cols], masks, [names[c] for c in seg_cols], (w, h)))
         return items
