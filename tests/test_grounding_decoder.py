@@ -263,18 +263,6 @@ def test_unannotated_links_are_not_scored():
     assert float(b) > float(a) > 0
 
 
-def test_rank_loss_scores_the_grd_phrases_on_the_matched_layers():
-    links, pixels, targets = _mixed_batch()
-    dec = GroundingDecoder(**TINY, loss_weights={"rank": 1.0}).train()
-    losses = dec(links, pixels, targets)
-    assert {"loss_rank", "loss_rank_0", "loss_rank_enc"} <= set(losses)
-    assert not any(k.startswith("loss_rank_dn") for k in losses)
-    assert float(losses["loss_rank"]) > 0
-    # Without a [GRD] link the term is there but zero.
-    det_only = Links(**{**links.__dict__, "families": ["det", "det", "det", "seg"]})
-    assert float(dec(det_only, pixels, targets)["loss_rank"]) == 0.0
-
-
 def test_grd_candidates_returns_the_best_queries_of_a_phrase_best_first():
     links, pixels, _ = _mixed_batch()
     dec = GroundingDecoder(**TINY).eval()

@@ -847,12 +847,10 @@ class GroundingDecoder(LinkDecoder):
         # Links whose target is None are unannotated: they take part in the forward pass but
         # their class column is not scored (absent classes carry an empty target instead).
         supervised = class_valid.clone()
-        ranked = torch.zeros_like(class_valid)  # [GRD] phrases: one object each, ranked over queries
         for b, ids in enumerate(per_sample):
             for col, li in enumerate(ids):
                 supervised[b, col] = targets[li] is not None
-                ranked[b, col] = supervised[b, col] and links.families[li] == "grd"
-        return self.criterion(outputs, tgt_dicts, supervised, ranked)
+        return self.criterion(outputs, tgt_dicts, supervised)
 
     # --- user results ---------------------------------------------------------------------
     def postprocess(

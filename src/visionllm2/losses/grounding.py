@@ -1,5 +1,4 @@
-"""Set criterion of the grounding decoder: focal class, L1 + GIoU boxes, BCE + dice masks, and an
-optional ranking loss for single-referent phrases."""
+"""Set criterion of the grounding decoder: focal class, L1 + GIoU boxes, BCE + dice masks."""
 
 from __future__ import annotations
 
@@ -13,16 +12,8 @@ from visionllm2.losses.matcher import HungarianMatcher, Match, PaddedTargets, fl
 from visionllm2.ops.boxes import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from visionllm2.ops.masks import point_sample, uncertain_point_coords
 
-# Paper defaults (ARCHITECTURE.md §2): class 2, L1 box 5, GIoU 2, mask BCE 5, dice 5. "rank" (this
-# project's, off by default): cross-entropy over the queries of a referring phrase's column.
-GROUNDING_LOSS_WEIGHTS: dict[str, float] = {
-    "class": 2.0,
-    "bbox": 5.0,
-    "giou": 2.0,
-    "mask": 5.0,
-    "dice": 5.0,
-    "rank": 0.0,
-}
+# Paper defaults (ARCHITECTURE.md §2): class 2, L1 box 5, GIoU 2, mask BCE 5, dice 5.
+GROUNDING_LOSS_WEIGHTS: dict[str, float] = {"class": 2.0, "bbox": 5.0, "giou": 2.0, "mask": 5.0, "dice": 5.0}
 
 
 def sigmoid_focal_loss(
@@ -62,11 +53,6 @@ class GroundingCriterion(nn.Module):
       ``None`` with ``has_mask`` (n,) bool.
     - ``class_valid``: (S, C) bool, which class columns the class loss scores: real links with
       a target (padding, and links whose target is ``None``, i.e. unannotated, are left out).
-    - ``ranked``: None, or (S, C) bool, the columns of phrases that name exactly one object
-      ([GRD] links). With a ``rank`` weight, each such column's logits over the queries get a
-      softmax cross-entropy towards the query matched to its object (``loss_rank``, on the
-      matched layers, not the denoising ones): the focal loss scores every (query, phrase) pair
-      on its own, this one makes the referred object outrank the others.
 
     Returns ``{"loss_class": ..., "loss_bbox": ..., "loss_class_0": ..., "loss_bbox_enc": ...,
     "loss_giou_dn": ...}``, each already multiplied by its weight, so the model just sums them.
@@ -184,34 +170,13 @@ class GroundingCriterion(nn.Module):
             "dice": dice_loss(src_points, tgt_points).sum() / num_masks,
         }
 
-    def rank_loss(
-        self,
-        logits: torch.Tensor,
-        targets: PaddedTargets,
-        indices: list[Match],
-        ranked: torch.Tensor,
-        num_boxes: float,
-    ) -> torch.Tensor:
-        """Softmax cross-entropy over the Q queries of each ranked column towards its matched query."""
-        batch_idx, query_idx, target_idx = flatten_matches(indices)
-        labels = targets.labels[batch_idx, target_idx]
-        keep = ranked[batch_idx, labels]
-        if not keep.any():
-            return logits.new_zeros(())
-        columns = logits[batch_idx[keep], :, labels[keep]]  # (m, Q)
-        return F.cross_entropy(columns, query_idx[keep], reduction="sum") / num_boxes
-
     def weighted(self, losses: dict[str, torch.Tensor], suffix: str) -> dict[str, torch.Tensor]:
         return {
             f"loss_{k}{suffix}": v * self.weights[k] for k, v in losses.items() if self.weights.get(k, 0) != 0
         }
 
     def forward(
-        self,
-        outputs: dict[str, Any],
-        targets: list[dict[str, torch.Tensor]],
-        class_valid: torch.Tensor,
-        ranked: torch.Tensor | None = None,
+        self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]], class_valid: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         if len(targets) != outputs["logits"].shape[0]:
             raise ValueError(f"{len(targets)} targets for {outputs['logits'].shape[0]} samples")
@@ -224,10 +189,9 @@ class GroundingCriterion(nn.Module):
             layers.append(("_enc", outputs["enc"]))
         for suffix, layer in layers:
             indices = self.match(layer, padded)
-            layer_losses = self.layer_losses(layer, padded, indices, class_valid, num_boxes)
-            if ranked is not None and self.weights["rank"]:
-                layer_losses["rank"] = self.rank_loss(layer["logits"], padded, indices, ranked, num_boxes)
-            losses.update(self.weighted(layer_losses, suffix))
+            losses.update(
+                self.weighted(self.layer_losses(layer, padded, indices, class_valid, num_boxes), suffix)
+            )
         dn = outputs.get("dn")
         if dn is not None:
             # Denoising queries know their target by construction: no matching (DN-DETR).
