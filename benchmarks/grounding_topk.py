@@ -52,7 +52,7 @@ def main() -> None:
         ap.error(f"--k must be at least {max(RANKS)}")
 
     model = VisionLLM2Model.from_pretrained(args.model)
-    model.decoders["grounding"].grd_candidates = args.k
+    model.decoders[model.config.families["grd"].decoder].grd_candidates = args.k
     suite = RankedGrounding(limit=args.limit, tasks="grd")
     with tempfile.TemporaryDirectory() as out:
         evaluate(model, suite, out, batch_size=args.batch_size, model_name=args.model, progress=False)
