@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -419,11 +420,12 @@ def test_keep_links_holds_every_stage_to_the_first_stages_model(tmp_path):
     assert hist[0]["keep_links"] == 0.0 and first_of_b["keep_links"] > 1e-6, hist
 
 
-def test_keep_links_families_holds_only_the_named_families(tmp_path):
+def test_keep_links_families_holds_only_the_named_families(tmp_path, caplog):
     """``keep_links_families`` holds the links of the families it names and leaves the others
     free: on det-only data, holding ``det`` keeps the det links near the start, holding only
-    ``grd`` measures no drift at all (the batches have no grd links) and lets them move as far as
-    an unheld run; a family the model lacks fails before any training."""
+    ``grd`` measures no drift at all (the batches have no grd links), lets them move as far as
+    an unheld run and warns that it holds nothing; a family the model lacks fails before any
+    training."""
     from visionllm2.modeling.builder import from_pretrained
     from visionllm2.training import engine as engine_mod
 
@@ -441,7 +443,12 @@ def test_keep_links_families_holds_only_the_named_families(tmp_path):
         engine_mod.Trainer(load_train_config(recipe, [f"out_dir={tmp_path / name}"]), progress=False).run()
         return tmp_path / name
 
-    held, free = train("held", "[det]"), train("free", "[grd]")
+    with caplog.at_level(logging.WARNING, logger="visionllm2.train"):
+        held = train("held", "[det]")
+        assert not [r for r in caplog.records if "holds nothing" in r.getMessage()]
+        free = train("free", "[grd]")
+    warned = [r.getMessage() for r in caplog.records if "holds nothing" in r.getMessage()]
+    assert len(warned) == 1 and "['grd']" in warned[0] and "first 1 steps" in warned[0], warned
     start = from_pretrained(held / "link_anchor" / "0-lm")
     batch = start.processor([s for s in toy_samples(12) if s.task == "det"])
 

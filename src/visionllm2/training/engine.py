@@ -233,6 +233,7 @@ class Trainer:
             else contextlib.nullcontext()
         )
         anchor = self._link_anchor(si, stage, first)
+        held_seen = 0  # links keep_links held so far in this stage (this rank)
         window: dict[str, list[float]] = defaultdict(list)
         last: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -249,6 +250,7 @@ class Trainer:
                         loss = out.loss
                         if anchor is not None and out.link_states is not None:
                             held = link_drift(anchor, batch, out.link_states, held_families)
+                            held_seen += int(held_links(batch, held_families).sum())
                             window["keep_links"].append(float(held.detach()))
                             loss = loss + stage.keep_links * held
                     if engine is not None:
@@ -264,6 +266,15 @@ class Trainer:
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             done = step + 1
+            if anchor is not None and done == min(first + cfg.log_every, stage.steps) and not held_seen:
+                log.warning(
+                    "stage %r: keep_links holds %s, but none of its first %d steps' batches had such a "
+                    "link, so it holds nothing and those link states are free to drift; give the stage "
+                    "some samples of those tasks (a small weight) or drop keep_links",
+                    stage.name,
+                    stage.keep_links_families or "every link family",
+                    done - first,
+                )
             if done % cfg.log_every == 0 or done == stage.steps:
                 dt = time.perf_counter() - t0
                 merged = gather_windows(window, info)  # ranks may hold different tasks
@@ -316,6 +327,14 @@ def link_drift(anchor, batch, states: torch.Tensor, families: list[int] | None =
     with torch.no_grad():
         ref = anchor.link_states(anchor.run_llm(anchor.embed(batch), batch.attention_mask), batch)
     if families is not None:
-        keep = torch.isin(batch.link_family.to(states.device), torch.tensor(families, device=states.device))
+        keep = held_links(batch, families).to(states.device)
         states, ref = states[keep], ref[keep]
     return (states.float() - ref.float()).pow(2).sum() / ref.float().pow(2).sum().clamp_min(1e-12)
+
+
+def held_links(batch, families: list[int] | None) -> torch.Tensor:
+    """(L,) bool: which of the batch's links ``keep_links`` holds (``families`` None: all)."""
+    fam = batch.link_family
+    if families is None:
+        return torch.ones_like(fam, dtype=torch.bool)
+    return torch.isin(fam, torch.tensor(families, device=fam.device))
