@@ -10,7 +10,8 @@ at text positions, and of the answers' loss gradient reaching each.
     python benchmarks/image_reliance.py --model tiny --per-task 48 [--one-shape]
 
 ``--one-shape`` asks about scenes of one shape with no figures or words (the first stage of
-``configs/tiny_curriculum.yaml``), where reading the image is easiest.
+``configs/tiny_curriculum.yaml``), where reading the image is easiest; ``--look`` asks only the
+question of the curriculum's ``look`` stage, the colour of one 39-57 px shape (VQA alone).
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ def main() -> None:
     p.add_argument("--per-task", type=int, default=48, help="samples per task")
     p.add_argument("--seed", type=int, default=123, help="world dataset seed (not the training seed 0)")
     p.add_argument("--one-shape", action="store_true", help="scenes of one shape, no figures or words")
+    p.add_argument("--look", action="store_true", help="the colour of one 39-57 px shape only")
     args = p.parse_args()
     torch.manual_seed(0)
     model = from_pretrained(args.model).eval()
-    scenes = ONE_SHAPE if args.one_shape else None
-    data = world_dataset(num=100_000, seed=args.seed, heldout_seed=0, config=scenes)
-    by_task = samples_by_task(data, TASKS, args.per_task)
-    kind = "one-shape" if args.one_shape else "world"
+    if args.look:
+        scenes, tasks = {**ONE_SHAPE, "min_size": 0.3, "max_size": 0.45}, ("vqa",)
+        options = {"weights": {"vqa": 1.0}, "task_options": {"vqa": {"vqa_type": "colour"}}}
+    else:
+        scenes, tasks, options = (ONE_SHAPE if args.one_shape else None), TASKS, {}
+    data = world_dataset(num=100_000, seed=args.seed, heldout_seed=0, config=scenes, **options)
+    by_task = samples_by_task(data, tasks, args.per_task)
+    kind = "look (colour of one 39-57 px shape)" if args.look else "one-shape" if args.one_shape else "world"
     print(f"model {args.model}, {args.per_task} samples per task (world seed {args.seed}, {kind} scenes)\n")
     print("| task | LM loss, own image | LM loss, another image | difference |")
     print("|---|---|---|---|")

@@ -465,3 +465,45 @@ def test_keep_links_families_holds_only_the_named_families(tmp_path, caplog):
     assert not (tmp_path / "typo" / "link_anchor").exists()
     with pytest.raises(ConfigError, match="keep_links_families"):
         load_train_config(recipe, ["stages.0.keep_links=0"])
+
+
+def test_keep_links_to_init_holds_the_links_to_the_saved_model_not_its_fresh_parts(tmp_path):
+    """A run that starts parts of a saved model fresh (here its projector) changes the link
+    states before any update (another seed than the saved model's, so that the fresh projector
+    differs from the saved one); ``keep_links_to: init`` holds them to the saved model's, whose
+    states its decoders were trained on: the anchor keeps the saved projector and the first
+    step already measures the fresh one's drift (the default anchor, the reinitialised model,
+    reads exactly 0 there). Without model.init the setting is a config error."""
+    from safetensors.torch import load_file
+
+    from visionllm2.training.engine import Trainer
+
+    head = det_only_recipe_head()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        head + "stages:\n  - {name: a, steps: 1, lr: 0.0, decoders: false}\n"
+        "batch_size: 4\nlog_every: 1\nckpt_every: 100\nseed: 0\ndevice: cpu\n"
+    )
+    Trainer(load_train_config(recipe, [f"out_dir={tmp_path / 'base'}"]), progress=False).run()
+    base = tmp_path / "base" / "final"
+    recipe.write_text(
+        head.split("model:")[0]
+        + "data:"
+        + head.split("data:", 1)[1]
+        + "stages:\n  - {name: lm, steps: 1, lr: 0.0, decoders: false, keep_links: 1.0}\n"
+        "batch_size: 4\nlog_every: 1\nckpt_every: 100\nseed: 1\ndevice: cpu\n"
+    )
+    first_step = {}
+    for to in ("first_stage", "init"):
+        out = tmp_path / to
+        overrides = [f"out_dir={out}", f"model.init={base}", "model.reinit=[projector]"]
+        overrides.append(f"keep_links_to={to}")
+        Trainer(load_train_config(recipe, overrides), progress=False).run()
+        first_step[to] = json.loads((out / "history.json").read_text())[0]["keep_links"]
+        anchor = load_file(str(out / "link_anchor" / "0-lm" / "model.safetensors"))
+        saved = load_file(str(base / "model.safetensors"))
+        same = all(torch.equal(anchor[k], saved[k]) for k in saved if k.startswith("projector."))
+        assert same == (to == "init"), to
+    assert first_step["first_stage"] == 0.0 and first_step["init"] > 1e-4, first_step
+    with pytest.raises(ConfigError, match="keep_links_to: init"):
+        load_train_config(recipe, [f"out_dir={tmp_path / 'x'}", "keep_links_to=init"])

@@ -34,7 +34,8 @@ class StageSpec:
     every other stage.
     ``keep_links``: weight of a term that holds the link states (the LLM's last-layer states at
     every link's queries, what the decoders read) to those of the model as it was when the run's
-    first ``keep_links`` stage began: their squared distance over the squared size of the
+    first ``keep_links`` stage began (or, with the run's ``keep_links_to: init``, of the
+    ``model.init`` model as saved): their squared distance over the squared size of the
     starting ones. A stage that trains the LLM for its text answers can then leave the decoders'
     inputs where they were, and several such stages do not add their drifts up.
     ``keep_links_families``: the link families (``det``, ``grd``…) that ``keep_links`` holds;
@@ -98,6 +99,10 @@ class TrainConfig:
     strategy: str = "ddp"  # "ddp" | "fsdp" | "deepspeed" (multi-process only)
     deepspeed_config: str | None = None
     device: str = "auto"
+    # What keep_links holds the link states to: "first_stage", the model as the run's first
+    # keep_links stage began; or "init", the model.init model as saved, before reinit / overrides /
+    # copy: its decoders were trained on its link states, not on those of its partly fresh copy.
+    keep_links_to: str = "first_stage"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -128,6 +133,13 @@ class TrainConfig:
             raise ConfigError(
                 "model.reinit and model.copy change how the model of model.init starts, but model.init "
                 "is unset: set it, or drop them (a model built from model.config starts fresh anyway)"
+            )
+        if self.keep_links_to not in ("first_stage", "init"):
+            raise ConfigError(f"keep_links_to must be 'first_stage' or 'init', got {self.keep_links_to!r}")
+        if self.keep_links_to == "init" and self.model.init is None:
+            raise ConfigError(
+                "keep_links_to: init holds the link states to the model.init model, but model.init is "
+                "unset: set it, or use keep_links_to: first_stage"
             )
         names = [d.name for d in self.data]
         if len(set(names)) != len(names):

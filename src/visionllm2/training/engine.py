@@ -106,13 +106,16 @@ class Trainer:
         began, frozen. Every later ``keep_links`` stage holds the link states to that same model
         (anchoring each stage to its own start would let the drift add up stage by stage). It is
         saved in the run folder (``link_anchor/<i>-<stage>`` of that first stage) so that a
-        resumed run holds the link states to the same model, not to the one it resumes from."""
+        resumed run holds the link states to the same model, not to the one it resumes from.
+        With ``keep_links_to: init`` the anchor is the ``model.init`` model as saved instead (the
+        one whose link states its decoders were trained on, before reinit or overrides)."""
         if not stage.keep_links:
             return None
         fi = next(i for i, s in enumerate(self.cfg.stages) if s.keep_links)
         path = self.out / "link_anchor" / f"{fi}-{self.cfg.stages[fi].name}"
         if si == fi and first == 0 and self.dist.is_main:
-            self.model.save_pretrained(path)
+            start = from_pretrained(self.cfg.model.init) if self.cfg.keep_links_to == "init" else self.model
+            start.save_pretrained(path)
         if self.dist.enabled:
             torch.distributed.barrier()
         if not (path / "model.safetensors").is_file():
