@@ -273,7 +273,7 @@ def test_grd_candidates_returns_the_best_queries_of_a_phrase_best_first():
     dec.grd_candidates = 3
     three = [i for i in dec.postprocess(out, **kw) if i.link == 2]
     assert len(three) == 3 and three[0] == one
-    # the decoder scores through its own sigmoid path: equal to a float32 ulp, best first
+    # the decoder scores through its own sigmoid path: equal within float32 rounding, best first
     expected = torch.sigmoid(out["logits"][:, 2]).topk(3).values.tolist()
     assert [d.score for d in three] == pytest.approx(expected, rel=1e-6)
     assert [d.score for d in three] == sorted([d.score for d in three], reverse=True)
