@@ -297,6 +297,28 @@ def test_adapt_pretrained_swaps_a_backbone_and_keeps_every_other_tensor(tmp_path
     assert tuned.decoders["grounding"].semantic_threshold == 0.5
 
 
+def test_adapt_pretrained_applies_tower_size_overrides_to_the_saved_architecture(tmp_path, tiny, photos):
+    # A saved tower is rebuilt from its hf_config: a vision.patch_size override used to leave it at
+    # the saved patch size without a word (a run asked for 8 px patches trained 16 px ones).
+    tiny.save_pretrained(tmp_path / "m")
+    old_patch = tiny.config.vision.patch_size
+    with pytest.raises(ValueError, match="add their prefixes to reinit"):
+        adapt_pretrained(tmp_path / "m", overrides={"vision.patch_size": old_patch // 2})
+    adapted = adapt_pretrained(
+        tmp_path / "m", overrides={"vision.patch_size": old_patch // 2}, reinit=["vision"]
+    )
+    assert adapted.vision.model.config.patch_size == adapted.config.vision.patch_size == old_patch // 2
+    assert adapted.vision.num_patches == 4 * tiny.vision.num_patches
+    batch = adapted.processor([chat_sample(photos[0])])
+    assert int((batch.input_ids == adapted.processor.image_token_id).sum()) == adapted.vision.num_patches
+    assert torch.isfinite(adapted(batch, decoders=False).lm_loss)
+    saved = {k: v for k, v in tiny.state_dict().items() if not k.startswith("vision.")}
+    assert all(torch.equal(adapted.state_dict()[k], v) for k, v in saved.items())
+    # A field the saved architecture shadows with no counterpart is refused, not ignored.
+    with pytest.raises(ConfigError, match="llm.rope_theta cannot change on a saved model"):
+        adapt_pretrained(tmp_path / "m", overrides={"llm.rope_theta": 5e5})
+
+
 def test_adapt_pretrained_copies_one_decoder_into_another(tmp_path):
     torch.manual_seed(0)
     kw = {"pixel_size": 64, "backbone": {"type": "cnn", "channels": [8, 16, 24, 32]}, "hidden_dim": 32}

@@ -18,7 +18,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from visionllm2.config import ModelConfig, VisionConfig, apply_overrides
+from visionllm2.config import ConfigError, ModelConfig, VisionConfig, apply_overrides
 from visionllm2.data.conversation import get_template
 from visionllm2.data.processor import PixelSpec, VisionLLM2Processor
 from visionllm2.data.tokenizer import add_visionllm2_tokens, load_tokenizer
@@ -233,7 +233,8 @@ def adapt_pretrained(
     path = _model_folder(path)
     config = ModelConfig.load(path / CONFIG_NAME)
     if overrides:
-        config = ModelConfig.from_dict(apply_overrides(config.to_dict(), overrides))
+        changed = apply_overrides(config.to_dict(), overrides)
+        config = ModelConfig.from_dict(_sizes_into_hf_config(config.to_dict(), changed))
     model = build_model(config, tokenizer=load_tokenizer(str(path)), load_weights=False, load_backbones=True)
     own = model.state_dict()
     prefixes = list(reinit)
@@ -263,6 +264,49 @@ def adapt_pretrained(
         )
     model.load_state_dict({k: v for k, v in saved.items() if k in own and k not in fresh}, strict=False)
     return model.eval()
+
+
+# A saved tower or LLM is rebuilt from its ``hf_config``, not from the size fields beside it; an
+# override of one of these fields is carried into that config, or it would change nothing.
+_HF_SIZE_KEYS = {
+    "vision": {
+        "image_size": "image_size",
+        "patch_size": "patch_size",
+        "hidden_size": "hidden_size",
+        "num_layers": "num_hidden_layers",
+        "num_heads": "num_attention_heads",
+        "intermediate_size": "intermediate_size",
+    },
+    "llm": {
+        "hidden_size": "hidden_size",
+        "num_layers": "num_hidden_layers",
+        "num_heads": "num_attention_heads",
+        "num_kv_heads": "num_key_value_heads",
+        "intermediate_size": "intermediate_size",
+        "max_position_embeddings": "max_position_embeddings",
+    },
+}
+# Fields the saved hf_config shadows with no one-to-one key there: overriding them is an error.
+_HF_SHADOWED = {"vision": ("type",), "llm": ("rope_theta", "tie_word_embeddings")}
+
+
+def _sizes_into_hf_config(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after`` with each size field that differs from ``before`` also set in its part's
+    ``hf_config`` (e.g. ``vision.patch_size`` -> ``vision.hf_config.patch_size``)."""
+    for part, keys in _HF_SIZE_KEYS.items():
+        hf = after[part].get("hf_config")
+        if hf is None:
+            continue
+        for field in _HF_SHADOWED[part]:
+            if after[part][field] != before[part][field]:
+                raise ConfigError(
+                    f"{part}.{field} cannot change on a saved model: its {part} is rebuilt from "
+                    f"{part}.hf_config; override the key there instead (e.g. {part}.hf_config.<key>)"
+                )
+        for field, hf_key in keys.items():
+            if after[part][field] != before[part][field] and after[part][field] is not None:
+                hf[hf_key] = after[part][field]
+    return after
 
 
 def _under(name: str, prefix: str) -> bool:
