@@ -473,7 +473,9 @@ def test_keep_links_to_init_holds_the_links_to_the_saved_model_not_its_fresh_par
     differs from the saved one); ``keep_links_to: init`` holds them to the saved model's, whose
     states its decoders were trained on: the anchor keeps the saved projector and the first
     step already measures the fresh one's drift (the default anchor, the reinitialised model,
-    reads exactly 0 there). Without model.init the setting is a config error."""
+    reads exactly 0 there); ``keep_links_to: <folder>`` holds them to that model's, from a run
+    that starts from another. Without model.init ``init`` is a config error, and a folder that
+    holds no model fails before the first step."""
     from safetensors.torch import load_file
 
     from visionllm2.training.engine import Trainer
@@ -494,16 +496,27 @@ def test_keep_links_to_init_holds_the_links_to_the_saved_model_not_its_fresh_par
         "batch_size: 4\nlog_every: 1\nckpt_every: 100\nseed: 1\ndevice: cpu\n"
     )
     first_step = {}
-    for to in ("first_stage", "init"):
-        out = tmp_path / to
-        overrides = [f"out_dir={out}", f"model.init={base}", "model.reinit=[projector]"]
+    for name, init, to in (
+        ("first_stage", base, "first_stage"),
+        ("init", base, "init"),
+        # a model's folder: here the fresh-projector model that the first run saved, from which
+        # this run starts with another fresh projector, holding to the saved model all the same
+        ("folder", tmp_path / "first_stage" / "final", base),
+    ):
+        out = tmp_path / name
+        overrides = [f"out_dir={out}", f"model.init={init}", "model.reinit=[projector]"]
         overrides.append(f"keep_links_to={to}")
         Trainer(load_train_config(recipe, overrides), progress=False).run()
-        first_step[to] = json.loads((out / "history.json").read_text())[0]["keep_links"]
+        first_step[name] = json.loads((out / "history.json").read_text())[0]["keep_links"]
         anchor = load_file(str(out / "link_anchor" / "0-lm" / "model.safetensors"))
         saved = load_file(str(base / "model.safetensors"))
         same = all(torch.equal(anchor[k], saved[k]) for k in saved if k.startswith("projector."))
-        assert same == (to == "init"), to
+        assert same == (name != "first_stage"), name
     assert first_step["first_stage"] == 0.0 and first_step["init"] > 1e-4, first_step
+    assert first_step["folder"] > 1e-4, first_step
     with pytest.raises(ConfigError, match="keep_links_to: init"):
         load_train_config(recipe, [f"out_dir={tmp_path / 'x'}", "keep_links_to=init"])
+    missing = [f"out_dir={tmp_path / 'y'}", f"model.init={base}", f"keep_links_to={tmp_path / 'nowhere'}"]
+    with pytest.raises(ConfigError, match="keep_links_to: .*nowhere is not a visionllm2 model folder"):
+        Trainer(load_train_config(recipe, missing), progress=False).run()
+    assert not (tmp_path / "y" / "link_anchor").exists()

@@ -185,7 +185,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 def from_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> VisionLLM2Model:
     """Load a bundled model by name ("tiny") or a folder written by :func:`save_pretrained`."""
-    path = _model_folder(path)
+    path = model_folder(path)
     config = ModelConfig.load(path / CONFIG_NAME)
     tokenizer = load_tokenizer(str(path))
     model = build_model(config, tokenizer=tokenizer, load_weights=False)
@@ -193,7 +193,7 @@ def from_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cp
     return model.to(device).eval()
 
 
-def _model_folder(path: str | os.PathLike) -> Path:
+def model_folder(path: str | os.PathLike) -> Path:
     """A bundled model's folder or a save_pretrained folder, checked to hold config and weights."""
     path = resolve_model_path(path)
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
@@ -230,7 +230,7 @@ def adapt_pretrained(
     weights when built."""
     if not overrides and not reinit and not copy:
         return from_pretrained(path)
-    path = _model_folder(path)
+    path = model_folder(path)
     config = ModelConfig.load(path / CONFIG_NAME)
     if overrides:
         changed = apply_overrides(config.to_dict(), overrides)

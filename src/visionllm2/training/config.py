@@ -35,7 +35,7 @@ class StageSpec:
     ``keep_links``: weight of a term that holds the link states (the LLM's last-layer states at
     every link's queries, what the decoders read) to those of the model as it was when the run's
     first ``keep_links`` stage began (or, with the run's ``keep_links_to: init``, of the
-    ``model.init`` model as saved): their squared distance over the squared size of the
+    ``model.init`` model as saved; with ``keep_links_to: <name or folder>``, of that model): their squared distance over the squared size of the
     starting ones. A stage that trains the LLM for its text answers can then leave the decoders'
     inputs where they were, and several such stages do not add their drifts up.
     ``keep_links_families``: the link families (``det``, ``grd``…) that ``keep_links`` holds;
@@ -100,8 +100,10 @@ class TrainConfig:
     deepspeed_config: str | None = None
     device: str = "auto"
     # What keep_links holds the link states to: "first_stage", the model as the run's first
-    # keep_links stage began; or "init", the model.init model as saved, before reinit / overrides /
-    # copy: its decoders were trained on its link states, not on those of its partly fresh copy.
+    # keep_links stage began; "init", the model.init model as saved, before reinit / overrides /
+    # copy: its decoders were trained on its link states, not on those of its partly fresh copy;
+    # or another model's name or folder (say "tiny", when model.init is a descendant of it whose
+    # link states moved away from those its decoders were trained on).
     keep_links_to: str = "first_stage"
 
     def __post_init__(self) -> None:
@@ -134,8 +136,8 @@ class TrainConfig:
                 "model.reinit and model.copy change how the model of model.init starts, but model.init "
                 "is unset: set it, or drop them (a model built from model.config starts fresh anyway)"
             )
-        if self.keep_links_to not in ("first_stage", "init"):
-            raise ConfigError(f"keep_links_to must be 'first_stage' or 'init', got {self.keep_links_to!r}")
+        if not self.keep_links_to:
+            raise ConfigError("keep_links_to must be 'first_stage', 'init' or a model's name or folder, got ''")
         if self.keep_links_to == "init" and self.model.init is None:
             raise ConfigError(
                 "keep_links_to: init holds the link states to the model.init model, but model.init is "

@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from visionllm2.config import atomic_write_text
-from visionllm2.modeling.builder import adapt_pretrained, build_model, from_pretrained
+from visionllm2.modeling.builder import adapt_pretrained, build_model, from_pretrained, model_folder
 from visionllm2.training.checkpoint import (
     TrainPosition,
     latest_checkpoint,
@@ -108,13 +108,15 @@ class Trainer:
         saved in the run folder (``link_anchor/<i>-<stage>`` of that first stage) so that a
         resumed run holds the link states to the same model, not to the one it resumes from.
         With ``keep_links_to: init`` the anchor is the ``model.init`` model as saved instead (the
-        one whose link states its decoders were trained on, before reinit or overrides)."""
+        one whose link states its decoders were trained on, before reinit or overrides); with a
+        model's name or folder, that model."""
         if not stage.keep_links:
             return None
         fi = next(i for i, s in enumerate(self.cfg.stages) if s.keep_links)
         path = self.out / "link_anchor" / f"{fi}-{self.cfg.stages[fi].name}"
         if si == fi and first == 0 and self.dist.is_main:
-            start = from_pretrained(self.cfg.model.init) if self.cfg.keep_links_to == "init" else self.model
+            source = self._anchor_source()
+            start = self.model if source is None else from_pretrained(source)
             start.save_pretrained(path)
         if self.dist.enabled:
             torch.distributed.barrier()
@@ -126,6 +128,11 @@ class Trainer:
         anchor = from_pretrained(path).to(self.dist.device).eval()
         anchor.requires_grad_(False)
         return anchor
+
+    def _anchor_source(self) -> str | None:
+        """The model ``keep_links_to`` names (None: the model as the first such stage began)."""
+        to = self.cfg.keep_links_to
+        return None if to == "first_stage" else self.cfg.model.init if to == "init" else to
 
     def _held_families(self, stage) -> list[int] | None:
         """Indices of the link families ``stage.keep_links_families`` names (None: every family)."""
@@ -151,6 +158,11 @@ class Trainer:
     def _run(self) -> dict[str, float]:
         cfg = self.cfg
         held = [self._held_families(stage) for stage in cfg.stages]  # a misspelt family fails here
+        if any(s.keep_links for s in cfg.stages) and self._anchor_source() is not None:
+            try:
+                model_folder(self._anchor_source())  # a missing anchor fails here, not stages later
+            except FileNotFoundError as e:
+                raise ConfigError(f"keep_links_to: {e}") from None
         start = TrainPosition(stage=0, step=0)
         ckpt = latest_checkpoint(self.out) if self.resume else None
         if self.resume and ckpt is None and self.dist.is_main:
