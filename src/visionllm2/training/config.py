@@ -35,9 +35,10 @@ class StageSpec:
     ``keep_links``: weight of a term that holds the link states (the LLM's last-layer states at
     every link's queries, what the decoders read) to those of the model as it was when the run's
     first ``keep_links`` stage began (or, with the run's ``keep_links_to: init``, of the
-    ``model.init`` model as saved; with ``keep_links_to: <name or folder>``, of that model): their squared distance over the squared size of the
-    starting ones. A stage that trains the LLM for its text answers can then leave the decoders'
-    inputs where they were, and several such stages do not add their drifts up.
+    ``model.init`` model as saved; with ``keep_links_to: <name or folder>``, of that model): their
+    squared distance over the squared size of the starting ones. A stage that trains the LLM for
+    its text answers can then leave the decoders' inputs where they were, and several such stages
+    do not add their drifts up.
     ``keep_links_families``: the link families (``det``, ``grd``…) that ``keep_links`` holds;
     empty holds every family. A stage that trains the LLM for one family's links (say ``grd``)
     can then hold the others."""
@@ -137,7 +138,7 @@ class TrainConfig:
                 "is unset: set it, or drop them (a model built from model.config starts fresh anyway)"
             )
         if not self.keep_links_to:
-            raise ConfigError("keep_links_to must be 'first_stage', 'init' or a model's name or folder, got ''")
+            raise ConfigError("keep_links_to must be 'first_stage', 'init' or a model's name or folder")
         if self.keep_links_to == "init" and self.model.init is None:
             raise ConfigError(
                 "keep_links_to: init holds the link states to the model.init model, but model.init is "
