@@ -516,6 +516,8 @@ def test_keep_links_to_init_holds_the_links_to_the_saved_model_not_its_fresh_par
     assert first_step["folder"] > 1e-4, first_step
     with pytest.raises(ConfigError, match="keep_links_to: init"):
         load_train_config(recipe, [f"out_dir={tmp_path / 'x'}", "keep_links_to=init"])
+    with pytest.raises(ConfigError, match="keep_links_to must be"):
+        load_train_config(recipe, [f"out_dir={tmp_path / 'x'}", "keep_links_to=''"])
     missing = [f"out_dir={tmp_path / 'y'}", f"model.init={base}", f"keep_links_to={tmp_path / 'nowhere'}"]
     with pytest.raises(ConfigError, match="keep_links_to: .*nowhere is not a visionllm2 model folder"):
         Trainer(load_train_config(recipe, missing), progress=False).run()
