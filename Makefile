@@ -32,8 +32,9 @@ demo: $(VENV)/.installed
 # The default model's recipe, as trained for the shipped weights (README, "Default model"): stages
 # 1-6 took 3.6 hours on a 2-core CPU, stages 7-9 93 minutes more on a slower one, stages 10-12
 # 84 minutes more on a faster one (23 + 18 + 43), stages 13-14 91 more there (69 + 22), stages
-# 15-16 151 more on machines of that kind (78 + 73), stages 17-18 72 more (56 + 16). Copy
-# runs/tiny_stage18/final/ into src/visionllm2/weights/visionllm2-tiny/ to ship the result.
+# 15-16 151 more on machines of that kind (78 + 73), stages 17-18 72 more (56 + 16), stages 19-24
+# 109 more, each with one of the 2 cores. Copy runs/tiny_stage24/final/ into
+# src/visionllm2/weights/visionllm2-tiny/ to ship the result.
 train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage4.yaml
@@ -51,6 +52,12 @@ train-tiny: $(VENV)/.installed
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage16.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage17.yaml
 	$(VENV)/bin/visionllm2 train --config configs/tiny_stage18.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage19.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage20.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage21.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage22.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage23.yaml
+	$(VENV)/bin/visionllm2 train --config configs/tiny_stage24.yaml
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks

@@ -38,7 +38,7 @@ def _plot(path: Path, title: str, curves: dict[str, tuple[list[int], list[float]
 
 def plot_learning_curves(history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write ``<task>.png`` (that task's LM loss) and ``losses.png`` (total, LM and per-decoder
-    loss)."""
+    loss, and the link states' drift that a ``keep_links`` stage holds down)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not history:
         return []
@@ -57,7 +57,7 @@ def plot_learning_curves(history: list[dict[str, Any]], out_dir: Path) -> list[P
             written.append(path)
     # Total, LM and each decoder's share of the total (the sum of its terms: a decoder logs
     # dozens of auxiliary terms, too many to tell apart as separate curves).
-    curves = {k: _series(history, k) for k in ("loss", "lm_loss") if k in keys}
+    curves = {k: _series(history, k) for k in ("loss", "lm_loss", "keep_links") if k in keys}
     terms: dict[str, list[str]] = {}
     for k in keys:
         if "." in k and not k.startswith("task/"):
