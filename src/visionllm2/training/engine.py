@@ -158,9 +158,10 @@ class Trainer:
     def _run(self) -> dict[str, float]:
         cfg = self.cfg
         held = [self._held_families(stage) for stage in cfg.stages]  # a misspelt family fails here
-        if any(s.keep_links for s in cfg.stages) and self._anchor_source() is not None:
+        source = self._anchor_source()
+        if source is not None and any(s.keep_links for s in cfg.stages):
             try:
-                model_folder(self._anchor_source())  # a missing anchor fails here, not stages later
+                model_folder(source)  # a missing anchor fails here, not stages later
             except FileNotFoundError as e:
                 raise ConfigError(f"keep_links_to: {e}") from None
         start = TrainPosition(stage=0, step=0)
