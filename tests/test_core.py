@@ -319,6 +319,44 @@ def test_adapt_pretrained_applies_tower_size_overrides_to_the_saved_architecture
         adapt_pretrained(tmp_path / "m", overrides={"llm.rope_theta": 5e5})
 
 
+def test_cnn_branch_starts_as_the_tower_trains_and_copies_a_grounding_backbone(tmp_path, tiny, photos):
+    # A CNN beside the tower (vision.cnn_branch): added to a saved model it changes nothing before
+    # its first step (its projection starts at zero), its convolutions can start from the grounding
+    # backbone's (model.copy, which wins over reinit), it trains, and it saves and loads.
+    model = _with_grounding({"type": "cnn", "channels": [8, 16, 24, 32]})
+    model.save_pretrained(tmp_path / "m")
+    # strides 4, 8: the tiny tower's 8-px patches; a frozen tower (the paper's) freezes its branch
+    branch = {"vision.cnn_branch": [8, 16], "vision.freeze": False}
+    new = ["vision.cnn", "vision.cnn_proj"]
+    with pytest.raises(ValueError, match="add their prefixes to reinit"):
+        adapt_pretrained(tmp_path / "m", overrides=branch)
+    adapted = adapt_pretrained(
+        tmp_path / "m", overrides=branch, reinit=new, copy={"vision.cnn": "decoders.grounding.backbone"}
+    )
+    grounding = dict(adapted.decoders["grounding"].backbone.named_parameters())
+    copied = dict(adapted.vision.cnn.named_parameters())
+    assert len(copied) > 4 and all(torch.equal(v, grounding[k]) for k, v in copied.items())
+    batch = adapted.processor([chat_sample(photos[0]), chat_sample(photos[1])])
+    model.eval(), adapted.eval()
+    with torch.no_grad():
+        assert torch.equal(adapted.vision(batch.pixel_values), model.vision(batch.pixel_values))
+        assert torch.equal(adapted(batch, decoders=False).lm_loss, model(batch, decoders=False).lm_loss)
+    adapted.train()
+    adapted(batch, decoders=False).lm_loss.backward()
+    assert float(adapted.vision.cnn_proj.weight.grad.abs().sum()) > 0
+    with torch.no_grad():
+        adapted.vision.cnn_proj.weight.normal_()
+        moved = adapted.vision(batch.pixel_values)
+    assert not torch.allclose(moved, model.vision(batch.pixel_values))
+    adapted.save_pretrained(tmp_path / "b")
+    loaded = VisionLLM2Model.from_pretrained(tmp_path / "b")
+    assert loaded.config.vision.cnn_branch == [8, 16]
+    with torch.no_grad():
+        assert torch.equal(loaded.vision(batch.pixel_values), adapted.eval().vision(batch.pixel_values))
+    with pytest.raises(ConfigError, match="whose last stride"):
+        tiny.config.with_overrides({"vision.cnn_branch": [8, 16, 24]})
+
+
 def test_adapt_pretrained_copies_one_decoder_into_another(tmp_path):
     torch.manual_seed(0)
     kw = {"pixel_size": 64, "backbone": {"type": "cnn", "channels": [8, 16, 24, 32]}, "hidden_dim": 32}

@@ -51,6 +51,8 @@ class VisionConfig:
     pixel_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     pixel_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     hf_config: dict[str, Any] | None = None
+    # A CNN beside the tower (VisionEncoder): its stage widths, strides 4, 8, ... down to patch_size.
+    cnn_branch: list[int] | None = None
 
 
 @dataclass
@@ -128,6 +130,13 @@ class ModelConfig:
         if v.path is None and v.image_size % v.patch_size:
             raise ConfigError(
                 f"vision.image_size ({v.image_size}) must be a multiple of vision.patch_size ({v.patch_size})"
+            )
+        if v.cnn_branch is not None and (
+            not 2 <= len(v.cnn_branch) <= 4 or 2 ** (len(v.cnn_branch) + 1) != v.patch_size
+        ):
+            raise ConfigError(
+                f"vision.cnn_branch {v.cnn_branch} needs 2-4 widths whose last stride (4, 8, 16 or 32) is "
+                f"vision.patch_size ({v.patch_size}): one map cell per patch"
             )
         if v.type == "siglip" and v.drop_cls:
             raise ConfigError("SigLIP has no CLS token: set vision.drop_cls to false")

@@ -90,12 +90,15 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class SmallCNNBackbone(nn.Module):
-    """A few conv/GroupNorm/ReLU stages, strides 4, 8, 16, 32; for tiny configs and tests."""
+    """A few conv/GroupNorm/ReLU stages, strides 4, 8, 16, 32 (one per width given, at least two);
+    for tiny configs and tests, and the CNN vision tower (three widths: strides 4, 8, 16)."""
 
     def __init__(self, *, channels: list[int] | tuple[int, ...] = (32, 64, 96, 128)) -> None:
         super().__init__()
-        if len(channels) != 4:
-            raise ValueError(f"the small CNN backbone needs 4 stage widths (strides 4..32), got {channels}")
+        if not 2 <= len(channels) <= 4:
+            raise ValueError(
+                f"the small CNN backbone needs 2-4 stage widths (strides 4, 8, 16, 32), got {channels}"
+            )
 
         def block(cin: int, cout: int, stride: int) -> nn.Sequential:
             return nn.Sequential(

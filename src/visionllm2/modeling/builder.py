@@ -64,7 +64,11 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
     cfg.hidden_size = model.config.hidden_size
     cfg.hf_config = model.config.to_diff_dict()
     return VisionEncoder(
-        model=model, feature_layer=cfg.feature_layer, drop_cls=cfg.drop_cls, freeze=cfg.freeze
+        model=model,
+        feature_layer=cfg.feature_layer,
+        drop_cls=cfg.drop_cls,
+        freeze=cfg.freeze,
+        cnn_branch=cfg.cnn_branch,
     )
 
 
@@ -223,7 +227,10 @@ def adapt_pretrained(
     ``copy`` maps a destination prefix to a source prefix: each tensor under the destination
     starts from the saved tensor of the same name under the source where the shapes agree
     (``{"decoders.pose": "decoders.grounding"}`` starts the pose decoder's backbone, encoder and
-    instance decoder from the grounding decoder's); the others keep their own weights.
+    instance decoder from the grounding decoder's); the others keep their own weights. A copied
+    tensor is copied also under a ``reinit`` prefix (``reinit=["vision"]`` with
+    ``copy={"vision.cnn": "decoders.grounding.backbone"}`` starts the tower's CNN branch from the
+    grounding backbone's convolutions and its projection as built).
     With none of the three, this is :func:`from_pretrained`.
     The vision tower and LLM are built from their saved architecture, as :func:`from_pretrained`
     builds them (their original folders need not exist); only decoder backbones load pretrained
@@ -244,6 +251,7 @@ def adapt_pretrained(
             f"reinit prefix(es) {unused} name no tensor of the model (names look like {next(iter(own))!r})"
         )
     saved = load_file(str(path / WEIGHTS_NAME))
+    copied: set[str] = set()
     for dst, src in (copy or {}).items():
         pairs = {k: src + k[len(dst) :] for k in own if _under(k, dst)}
         pairs = {k: sk for k, sk in pairs.items() if sk in saved and saved[sk].shape == own[k].shape}
@@ -253,7 +261,8 @@ def adapt_pretrained(
                 f"under {src!r} in {path}"
             )
         saved.update({k: saved[src_key] for k, src_key in pairs.items()})
-    fresh = {k for k in own if any(_under(k, p) for p in prefixes)}
+        copied.update(pairs)
+    fresh = {k for k in own if k not in copied and any(_under(k, p) for p in prefixes)}
     absent = sorted(k for k in own if k not in fresh and k not in saved)
     shape = sorted(k for k in own if k not in fresh and k in saved and saved[k].shape != own[k].shape)
     extra = sorted(k for k in saved if k not in own and not any(_under(k, p) for p in prefixes))

@@ -12,10 +12,24 @@ class VisionEncoder(nn.Module):
 
     The paper takes CLIP ViT-L/14 features from the penultimate layer with the CLS token
     dropped, and keeps the tower frozen.
+
+    ``cnn_branch`` (stage widths) adds a small CNN beside the tower, the grounding decoder's kind
+    (:class:`~visionllm2.decoders.grounding.SmallCNNBackbone`), whose last map has one cell per
+    patch: each cell, through a linear map started at zero, is added to its patch's feature, so
+    a model gaining the branch computes what it did before its first step. A 16-px ViT trained
+    from scratch on the world says a shape's colour and not its kind; the grounding backbone's
+    stride-16 map says its kind (``benchmarks/README.md``, "What the vision tower says of a
+    shape"), and the branch's layers carry its names, so ``model.copy`` can start them from it.
     """
 
     def __init__(
-        self, *, model: PreTrainedModel, feature_layer: int = -2, drop_cls: bool = True, freeze: bool = True
+        self,
+        *,
+        model: PreTrainedModel,
+        feature_layer: int = -2,
+        drop_cls: bool = True,
+        freeze: bool = True,
+        cnn_branch: list[int] | None = None,
     ):
         super().__init__()
         self.model = model
@@ -25,6 +39,17 @@ class VisionEncoder(nn.Module):
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
+        self.cnn: nn.Module | None = None
+        if cnn_branch is not None:
+            from visionllm2.decoders.grounding import SmallCNNBackbone
+
+            self.cnn = SmallCNNBackbone(channels=cnn_branch)
+            self.cnn_proj = nn.Linear(cnn_branch[-1], self.hidden_size)
+            nn.init.zeros_(self.cnn_proj.weight)
+            nn.init.zeros_(self.cnn_proj.bias)
+            if freeze:
+                self.cnn.requires_grad_(False)
+                self.cnn_proj.requires_grad_(False)
 
     @property
     def hidden_size(self) -> int:
@@ -49,5 +74,9 @@ class VisionEncoder(nn.Module):
         """pixels (I, 3, H, W) -> features (I, N, Dv)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             out = self.model(pixel_values=pixels, output_hidden_states=True)
-        feats = out.hidden_states[self.feature_layer]  # (I, N[+1], Dv)
+            feats = out.hidden_states[self.feature_layer]  # (I, N[+1], Dv)
+            if self.cnn is not None:
+                cells = self.cnn_proj(self.cnn(pixels)[-1].flatten(2).transpose(1, 2))  # (I, N, Dv)
+                patches = feats[:, -cells.shape[1] :] + cells
+                feats = torch.cat([feats[:, : feats.shape[1] - cells.shape[1]], patches], dim=1)
         return feats[:, 1:] if self.drop_cls else feats
