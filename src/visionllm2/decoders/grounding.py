@@ -91,7 +91,7 @@ class FrozenBatchNorm2d(nn.Module):
 
 class SmallCNNBackbone(nn.Module):
     """A few conv/GroupNorm/ReLU stages, strides 4, 8, 16, 32 (one per width given, at least two);
-    for tiny configs and tests, and the CNN vision tower (three widths: strides 4, 8, 16)."""
+    for tiny configs and tests, and the vision tower's ``cnn_branch`` (three widths: strides 4, 8, 16)."""
 
     def __init__(self, *, channels: list[int] | tuple[int, ...] = (32, 64, 96, 128)) -> None:
         super().__init__()

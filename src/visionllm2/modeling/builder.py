@@ -228,7 +228,7 @@ def adapt_pretrained(
     starts from the saved tensor of the same name under the source where the shapes agree
     (``{"decoders.pose": "decoders.grounding"}`` starts the pose decoder's backbone, encoder and
     instance decoder from the grounding decoder's); the others keep their own weights. A copied
-    tensor is copied also under a ``reinit`` prefix (``reinit=["vision"]`` with
+    tensor is copied also under a ``reinit`` prefix (``reinit=["vision.cnn", "vision.cnn_proj"]`` with
     ``copy={"vision.cnn": "decoders.grounding.backbone"}`` starts the tower's CNN branch from the
     grounding backbone's convolutions and its projection as built).
     With none of the three, this is :func:`from_pretrained`.
