@@ -77,6 +77,6 @@ class VisionEncoder(nn.Module):
             feats = out.hidden_states[self.feature_layer]  # (I, N[+1], Dv)
             if self.cnn is not None:
                 cells = self.cnn_proj(self.cnn(pixels)[-1].flatten(2).transpose(1, 2))  # (I, N, Dv)
-                patches = feats[:, -cells.shape[1] :] + cells
-                feats = torch.cat([feats[:, : feats.shape[1] - cells.shape[1]], patches], dim=1)
+                n = cells.shape[1]  # the patches are the last n tokens, after a CLS if any
+                feats = torch.cat([feats[:, :-n], feats[:, -n:] + cells], dim=1)
         return feats[:, 1:] if self.drop_cls else feats
