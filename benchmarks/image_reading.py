@@ -1,7 +1,9 @@
 """Does a freshly built default-size model learn to read world images? A stage-1-style run on
-one kind of question (the colour of the only shape in a world scene), then the answers' LM loss
-with each scene's own image against another scene's: a gap above 0 means the answers come from
-the image.
+one kind of question (the colour, or the kind, of the only shape in a world scene), then the
+answers' LM loss with each scene's own image against another scene's: a gap above 0 means the
+answers come from the image. Also each held-out answer scored against the same answer with every
+other colour (or kind) in its place: % of items whose true answer has the lowest loss (chance 1/8
+for colours, 1/7 for kinds).
 
 The knobs are what decides it on these runs (README, "Reading the image"): the shapes' size
 against the vision tower's patch, and a curriculum that starts from large shapes.
@@ -10,33 +12,82 @@ against the vision tower's patch, and a curriculum that starts from large shapes
     python benchmarks/image_reading.py --min-size 0.3 --max-size 0.45   # 39-57 px shapes
     python benchmarks/image_reading.py --patch 8
     python benchmarks/image_reading.py --big-first 250 --steps 650      # curriculum
+    python benchmarks/image_reading.py --question shape --branch copy   # kinds, with a CNN branch
+                                                                        # started from tiny's grounding CNN
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import time
 
 import numpy as np
 import torch
 
+from visionllm2.data.processor import IGNORE_INDEX
+from visionllm2.data.sample import Turn
 from visionllm2.data.synthetic.tasks import TaskNotApplicable, build_task
-from visionllm2.data.synthetic.world import WorldConfig, generate_scene, render
-from visionllm2.modeling.builder import build_model
+from visionllm2.data.synthetic.world import COLOURS, KINDS, WorldConfig, generate_scene, render
+from visionllm2.modeling.builder import build_model, from_pretrained
 from visionllm2.training.config import load_model_config, load_train_config
 
 BIG = {"min_size": 0.3, "max_size": 0.45}
 
 
-def colour_question(seed: int, config: WorldConfig):
-    """A world colour question about the scene's only shape (the next seed if none applies)."""
+BRANCH = [32, 64, 96]  # the grounding CNN's first three stages: stride 16, the tower's patch
+VALUES = {"colour": tuple(COLOURS), "shape": KINDS}
+
+
+def question(seed: int, config: WorldConfig, kind: str):
+    """A world question of VQA type ``kind`` about the scene's only shape (the next seed if none
+    applies)."""
     while True:
         scene = generate_scene(seed, config)
         try:
             rng = np.random.default_rng(seed)
-            return build_task("vqa", scene, rng, rendered=render(scene), config=config, vqa_type="colour")
+            return build_task("vqa", scene, rng, rendered=render(scene), config=config, vqa_type=kind)
         except TaskNotApplicable:
             seed += 7919
+
+
+def with_answer(sample, value: str, truth: str):
+    """``sample`` with ``value`` written in its answer in place of ``truth``."""
+    *turns, last = sample.conversation
+    answer = re.sub(rf"\b{truth}\b", value, last.content)
+    return dataclasses.replace(sample, conversation=[*turns, Turn(last.role, answer)])
+
+
+def choice_accuracy(model, samples, kind: str) -> float:
+    """% of samples whose true answer has a lower LM loss than the same answer with any other value."""
+    values = VALUES[kind]
+    losses = torch.empty(len(samples), len(values))
+    with torch.no_grad():
+        for i, sample in enumerate(samples):
+            truth = sample.meta["answer"]
+            batch = model.processor([with_answer(sample, v, truth) for v in values])
+            tokens = (batch.labels[:, 1:] != IGNORE_INDEX).sum(1)  # the values differ in length
+            losses[i] = model(batch, decoders=False).lm_loss_per_sample * tokens
+    truths = torch.tensor([values.index(s.meta["answer"]) for s in samples])
+    return 100 * float((losses.argmin(1) == truths).float().mean())
+
+
+def zero_features(module, inputs, out):
+    """Forward hook: the tower's hidden states all zero (its parameters then get no gradient)."""
+    out.hidden_states = tuple(torch.zeros_like(h) for h in out.hidden_states)
+    return out
+
+
+def start_branch(model, how: str, init: str) -> None:
+    """Start the tower's CNN branch from tiny's grounding CNN (``copy``) or as built (``scratch``),
+    and its projection at zero (as built) or at a plain linear layer's initialisation."""
+    if how == "copy":
+        source = from_pretrained("tiny").decoders["grounding"].backbone.state_dict()
+        own = model.vision.cnn.state_dict()
+        model.vision.cnn.load_state_dict({k: source[k] for k in own})
+    if init == "default":
+        model.vision.cnn_proj.reset_parameters()
 
 
 def main() -> None:
@@ -50,6 +101,19 @@ def main() -> None:
     p.add_argument("--patch", type=int, default=None, help="vision patch size (default: the recipe's)")
     p.add_argument("--big-first", type=int, default=0, help="first N steps on 39-57 px shapes")
     p.add_argument("--test", type=int, default=32, help="held-out questions")
+    p.add_argument("--eval-every", type=int, default=0, help="score the held-out items every N steps")
+    p.add_argument("--question", choices=sorted(VALUES), default="colour", help="VQA type asked")
+    p.add_argument(
+        "--branch",
+        choices=["none", "copy", "scratch"],
+        default="none",
+        help=f"a CNN branch {BRANCH} beside the tower: from tiny's grounding CNN, or from scratch",
+    )
+    p.add_argument(
+        "--branch-init", choices=["zero", "default"], default="zero", help="the branch projection's start"
+    )
+    p.add_argument("--freeze-branch", action="store_true", help="train the branch's projection, not its CNN")
+    p.add_argument("--branch-only", action="store_true", help="zero the ViT's features: the branch alone")
     args = p.parse_args()
 
     one = {"min_shapes": 1, "max_shapes": 1, "p_person": 0.0, "p_dog": 0.0, "p_word": 0.0}
@@ -58,28 +122,52 @@ def main() -> None:
     spec = load_train_config(args.recipe).model
     if args.patch is not None:
         spec.overrides["vision.patch_size"] = args.patch
+    if args.branch != "none":
+        spec.overrides["vision.cnn_branch"] = BRANCH
     torch.manual_seed(0)
     model = build_model(load_model_config(spec)).train()
+    if args.branch != "none":
+        start_branch(model, args.branch, args.branch_init)
+        model.vision.cnn.requires_grad_(not args.freeze_branch)
+        if args.branch_only:
+            model.vision.model.register_forward_hook(zero_features)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.0)
+    test = [question(10**7 + i, world, args.question) for i in range(args.test)]
+    branch = "" if args.branch == "none" else f", branch {args.branch} ({args.branch_init} projection)"
+    branch += ", ViT features zeroed" if args.branch_only else ""
+    print(
+        f"{args.question} questions, shapes {world.min_px}-{world.max_px} px, patch "
+        f"{model.vision.model.config.patch_size}{branch}, {args.big_first} big-shape steps"
+    )
     start = time.perf_counter()
-    for step in range(args.steps):
-        config = big if step < args.big_first else world
-        seeds = range(step * args.batch, (step + 1) * args.batch)
-        loss = model(model.processor([colour_question(s, config) for s in seeds]), decoders=False).lm_loss
+    for step in range(1, args.steps + 1):
+        config = big if step <= args.big_first else world
+        seeds = range((step - 1) * args.batch, step * args.batch)
+        samples = [question(s, config, args.question) for s in seeds]
+        loss = model(model.processor(samples), decoders=False).lm_loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step == args.steps or (args.eval_every and step % args.eval_every == 0):
+            own, other, right = score(model, test, args.question)
+            print(
+                f"  step {step}: LM loss own image {own:.3f}, another image {other:.3f}, gap "
+                f"{other - own:+.3f}; answer chosen right {right:.1f}% ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+            model.train()
+
+
+def score(model, test, kind: str) -> tuple[float, float, float]:
+    """The held-out answers' LM loss with their own images and with the next item's, and
+    :func:`choice_accuracy`."""
     model.eval()
-    batch = model.processor([colour_question(10**7 + i, world) for i in range(args.test)])
+    batch = model.processor(test)
     with torch.no_grad():
         own = float(model(batch, decoders=False).lm_loss)
         batch.pixel_values = batch.pixel_values.roll(1, dims=0)
         other = float(model(batch, decoders=False).lm_loss)
-    print(
-        f"shapes {world.min_px}-{world.max_px} px, patch {model.vision.model.config.patch_size}, "
-        f"{args.big_first} big-shape steps, {args.steps} steps: LM loss own image {own:.3f}, "
-        f"another image {other:.3f}, gap {other - own:+.3f} ({time.perf_counter() - start:.0f} s)"
-    )
+    return own, other, choice_accuracy(model, test, kind)
 
 
 if __name__ == "__main__":
