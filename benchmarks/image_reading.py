@@ -14,6 +14,7 @@ against the vision tower's patch, and a curriculum that starts from large shapes
     python benchmarks/image_reading.py --big-first 250 --steps 650      # curriculum
     python benchmarks/image_reading.py --question shape --branch copy   # kinds, with a CNN branch
                                                                         # started from tiny's grounding CNN
+    python benchmarks/image_reading.py --model tiny --question shape    # score a saved model only
 """
 
 from __future__ import annotations
@@ -40,16 +41,21 @@ BRANCH = [32, 64, 96]  # the grounding CNN's first three stages: stride 16, the 
 VALUES = {"colour": tuple(COLOURS), "shape": KINDS}
 
 
-def question(seed: int, config: WorldConfig, kind: str):
+def question(seed: int, config: WorldConfig, kind: str, word: bool = False):
     """A world question of VQA type ``kind`` about the scene's only shape (the next seed if none
-    applies)."""
+    applies); with ``word`` its answer is the bare value, one word."""
     while True:
         scene = generate_scene(seed, config)
         try:
             rng = np.random.default_rng(seed)
-            return build_task("vqa", scene, rng, rendered=render(scene), config=config, vqa_type=kind)
+            sample = build_task("vqa", scene, rng, rendered=render(scene), config=config, vqa_type=kind)
         except TaskNotApplicable:
             seed += 7919
+            continue
+        if not word:
+            return sample
+        *turns, last = sample.conversation
+        return dataclasses.replace(sample, conversation=[*turns, Turn(last.role, sample.meta["answer"])])
 
 
 def with_answer(sample, value: str, truth: str):
@@ -114,11 +120,24 @@ def main() -> None:
     )
     p.add_argument("--freeze-branch", action="store_true", help="train the branch's projection, not its CNN")
     p.add_argument("--branch-only", action="store_true", help="zero the ViT's features: the branch alone")
+    p.add_argument("--vision-lr-mult", type=float, default=1.0, help="the ViT's rate as a multiple of --lr")
+    p.add_argument(
+        "--answer", choices=["sentence", "word"], default="sentence", help="the world's, or the bare value"
+    )
+    p.add_argument("--model", help="only score this saved model (name or folder) on the held-out items")
     args = p.parse_args()
+    if args.branch_only and args.branch == "none":
+        p.error("--branch-only zeroes the ViT's features and needs a CNN branch: add --branch copy|scratch")
+    word = args.answer == "word"
 
     one = {"min_shapes": 1, "max_shapes": 1, "p_person": 0.0, "p_dog": 0.0, "p_word": 0.0}
     world = WorldConfig(**one, min_size=args.min_size, max_size=args.max_size)
     big = WorldConfig(**one, **BIG)
+    if args.model:
+        test = [question(10**7 + i, world, args.question, word) for i in range(args.test)]
+        what = f"{args.question} questions, shapes {world.min_px}-{world.max_px} px, {args.answer} answers"
+        print(f"{args.model}, {what}: {report(*score(from_pretrained(args.model), test, args.question))}")
+        return
     spec = load_train_config(args.recipe).model
     if args.patch is not None:
         spec.overrides["vision.patch_size"] = args.patch
@@ -131,31 +150,41 @@ def main() -> None:
         model.vision.cnn.requires_grad_(not args.freeze_branch)
         if args.branch_only:
             model.vision.model.register_forward_hook(zero_features)
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.0)
-    test = [question(10**7 + i, world, args.question) for i in range(args.test)]
+    tower = {id(q) for q in model.vision.model.parameters()}
+    trained = [q for q in model.parameters() if q.requires_grad]
+    groups = [
+        {"params": [q for q in trained if id(q) not in tower]},
+        {"params": [q for q in trained if id(q) in tower], "lr": args.lr * args.vision_lr_mult},
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
+    test = [question(10**7 + i, world, args.question, word) for i in range(args.test)]
     branch = "" if args.branch == "none" else f", branch {args.branch} ({args.branch_init} projection)"
     branch += ", ViT features zeroed" if args.branch_only else ""
     print(
         f"{args.question} questions, shapes {world.min_px}-{world.max_px} px, patch "
-        f"{model.vision.model.config.patch_size}{branch}, {args.big_first} big-shape steps"
+        f"{model.vision.model.config.patch_size}{branch}, {args.big_first} big-shape steps, ViT rate "
+        f"x{args.vision_lr_mult}, {args.answer} answers"
     )
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         config = big if step <= args.big_first else world
         seeds = range((step - 1) * args.batch, step * args.batch)
-        samples = [question(s, config, args.question) for s in seeds]
+        samples = [question(s, config, args.question, word) for s in seeds]
         loss = model(model.processor(samples), decoders=False).lm_loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            own, other, right = score(model, test, args.question)
-            print(
-                f"  step {step}: LM loss own image {own:.3f}, another image {other:.3f}, gap "
-                f"{other - own:+.3f}; answer chosen right {right:.1f}% ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
+            scores = report(*score(model, test, args.question))
+            print(f"  step {step}: {scores} ({time.perf_counter() - start:.0f} s)", flush=True)
             model.train()
+
+
+def report(own: float, other: float, right: float) -> str:
+    return (
+        f"LM loss own image {own:.3f}, another image {other:.3f}, gap {other - own:+.3f}; "
+        f"answer chosen right {right:.1f}%"
+    )
 
 
 def score(model, test, kind: str) -> tuple[float, float, float]:

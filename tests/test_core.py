@@ -325,8 +325,8 @@ def test_cnn_branch_starts_as_the_tower_trains_and_copies_a_grounding_backbone(t
     # backbone's (model.copy, which wins over reinit), it trains, and it saves and loads.
     model = _with_grounding({"type": "cnn", "channels": [8, 16, 24, 32]})
     model.save_pretrained(tmp_path / "m")
-    # strides 4, 8: the tiny tower's 8-px patches; a frozen tower (the paper's) freezes its branch
-    branch = {"vision.cnn_branch": [8, 16], "vision.freeze": False}
+    # strides 4, 8: the tiny tower's 8-px patches; the tower frozen (the paper's), the branch trains
+    branch = {"vision.cnn_branch": [8, 16], "vision.freeze": True}
     new = ["vision.cnn", "vision.cnn_proj"]
     with pytest.raises(ValueError, match="add their prefixes to reinit"):
         adapt_pretrained(tmp_path / "m", overrides=branch)
@@ -344,6 +344,8 @@ def test_cnn_branch_starts_as_the_tower_trains_and_copies_a_grounding_backbone(t
     adapted.train()
     adapted(batch, decoders=False).lm_loss.backward()
     assert float(adapted.vision.cnn_proj.weight.grad.abs().sum()) > 0
+    assert adapted.vision.cnn.stages[0][0][0].weight.grad is not None  # zero: the map starts at zero
+    assert all(p.grad is None for p in adapted.vision.model.parameters())
     with torch.no_grad():
         adapted.vision.cnn_proj.weight.normal_()
         moved = adapted.vision(batch.pixel_values)

@@ -351,6 +351,28 @@ def test_vqa_colour_answer_is_the_referred_shapes_colour():
         assert want in s.conversation[1].content
 
 
+def test_vqa_short_answers_sets_the_share_of_bare_word_answers():
+    from visionllm2.data.templates import SHORT_ANSWER_SUFFIXES
+
+    scene = _scene(Shape("circle", "red", 10, 10, 20), Shape("square", "blue", 90, 90, 20))
+    r = render(scene)
+
+    def ask(i, **options):
+        s = build_task("vqa", scene, np.random.default_rng(i), rendered=r, vqa_type="shape", **options)
+        return s.conversation[0].content, s.conversation[1].content, s.meta["answer"]
+
+    for i in range(12):
+        q, a, truth = ask(i, short_answers=1.0)
+        assert a == truth and q.endswith(SHORT_ANSWER_SUFFIXES)
+        q, a, truth = ask(i, short_answers=0.0)
+        assert truth in a and not q.endswith(SHORT_ANSWER_SUFFIXES)
+        assert ask(i) == ask(i, short_answers=0.3)  # the default keeps every dataset as it was
+    asked = sum(ask(i)[0].endswith(SHORT_ANSWER_SUFFIXES) for i in range(200))
+    assert 40 <= asked <= 80  # 30% by default
+    with pytest.raises(ValueError, match="short_answers is a probability"):
+        ask(0, short_answers=1.5)
+
+
 @pytest.mark.parametrize("kind", ["point", "box", "scribble", "mask"])
 def test_region_prompts_fall_on_the_object(kind):
     from visionllm2.modeling.region import rasterize_region

@@ -61,6 +61,22 @@ def test_stage_groups_freeze_and_scale():
     assert no_decay and all(p.ndim < 2 for g in no_decay for p in g["params"])
 
 
+def test_the_cnn_branch_is_its_own_group_and_trains_beside_a_frozen_tower():
+    model = make_tiny(**{"vision.cnn_branch": [8, 16]})  # the tower frozen, as in the paper
+    stage = StageSpec(name="s", steps=1, lr=1.0, lr_mult={"vision": 1, "branch": 0.5})
+    lrs = {g["group"]: g["lr"] for g in param_groups(model, stage, weight_decay=0.0)}
+    assert lrs["branch"] == 0.5 and "vision" not in lrs
+    assert all(p.requires_grad for p in [*model.vision.cnn.parameters(), *model.vision.cnn_proj.parameters()])
+    assert not any(p.requires_grad for p in model.vision.model.parameters())
+    # a stage that does not name it gives the branch the tower's multiplier
+    trained = make_tiny(**{"vision.cnn_branch": [8, 16], "vision.freeze": False})
+    stage = StageSpec(name="s", steps=1, lr=1.0, lr_mult={"vision": 0.1})
+    lrs = {g["group"]: g["lr"] for g in param_groups(trained, stage, weight_decay=0.0)}
+    assert lrs["branch"] == lrs["vision"] == pytest.approx(0.1)
+    groups = param_groups(trained, StageSpec(name="stage1", steps=1, lr=1.0), weight_decay=0.0)
+    assert not {"vision", "branch"} & {g["group"] for g in groups}
+
+
 def test_make_train_tiny_chains_its_stages():
     """The Makefile's `train-tiny` recipe: every config it runs loads, and each one after the first
     starts from the model the one before it writes (its ``model.init`` is that run's final folder)."""

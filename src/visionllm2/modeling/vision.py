@@ -20,6 +20,7 @@ class VisionEncoder(nn.Module):
     from scratch on the world says a shape's colour and not its kind; the grounding backbone's
     stride-16 map says its kind (``benchmarks/README.md``, "What the vision tower says of a
     shape"), and the branch's layers carry its names, so ``model.copy`` can start them from it.
+    ``freeze`` freezes the tower, not the branch (training gives it its own group, ``branch``).
     """
 
     def __init__(
@@ -46,10 +47,7 @@ class VisionEncoder(nn.Module):
             self.cnn = SmallCNNBackbone(channels=cnn_branch)
             self.cnn_proj = nn.Linear(cnn_branch[-1], self.hidden_size)
             nn.init.zeros_(self.cnn_proj.weight)
-            nn.init.zeros_(self.cnn_proj.bias)
-            if freeze:
-                self.cnn.requires_grad_(False)
-                self.cnn_proj.requires_grad_(False)
+            nn.init.zeros_(self.cnn_proj.bias)  # the branch trains beside a frozen tower too
 
     @property
     def hidden_size(self) -> int:
@@ -75,8 +73,8 @@ class VisionEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             out = self.model(pixel_values=pixels, output_hidden_states=True)
             feats = out.hidden_states[self.feature_layer]  # (I, N[+1], Dv)
-            if self.cnn is not None:
-                cells = self.cnn_proj(self.cnn(pixels)[-1].flatten(2).transpose(1, 2))  # (I, N, Dv)
-                n = cells.shape[1]  # the patches are the last n tokens, after a CLS if any
-                feats = torch.cat([feats[:, :-n], feats[:, -n:] + cells], dim=1)
+        if self.cnn is not None:
+            cells = self.cnn_proj(self.cnn(pixels)[-1].flatten(2).transpose(1, 2))  # (I, N, Dv)
+            n = cells.shape[1]  # the patches are the last n tokens, after a CLS if any
+            feats = torch.cat([feats[:, :-n], feats[:, -n:] + cells], dim=1)
         return feats[:, 1:] if self.drop_cls else feats

@@ -11,8 +11,9 @@ import yaml
 
 from visionllm2.config import ConfigError, apply_overrides, build_dataclass
 
-# Parameter groups, by what the parameters belong to (see stages.py).
-GROUPS = ("vision", "projector", "llm", "links", "region", "backbone", "decoders")
+# Parameter groups, by what the parameters belong to (see stages.py). ``branch`` is the vision
+# tower's CNN branch (``vision.cnn_branch``); a stage that does not name it gives it ``vision``'s.
+GROUPS = ("vision", "branch", "projector", "llm", "links", "region", "backbone", "decoders")
 
 
 @dataclass

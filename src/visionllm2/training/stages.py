@@ -29,7 +29,10 @@ DEFAULT_MULTS: dict[str, dict[str, float]] = {
 
 def group_of(name: str) -> str:
     """Parameter name -> group. Decoder backbones (``decoders.<d>.backbone.*``) are their
-    own group so pretrained pixel backbones can take a lower rate."""
+    own group so pretrained pixel backbones can take a lower rate, and so is the vision tower's
+    CNN branch (``vision.cnn.*``, ``vision.cnn_proj.*``), which can train beside a frozen tower."""
+    if name.startswith(("vision.cnn.", "vision.cnn_proj.")):
+        return "branch"
     if name.startswith("vision."):
         return "vision"
     if name.startswith("projector."):
@@ -48,12 +51,14 @@ def group_of(name: str) -> str:
 def stage_multipliers(stage: StageSpec) -> dict[str, float]:
     mults = dict(DEFAULT_MULTS.get(stage.name, DEFAULT_MULTS["stage3"]))
     mults.update(stage.lr_mult)
+    mults.setdefault("branch", mults["vision"])
     return mults
 
 
 def param_groups(model: nn.Module, stage: StageSpec, weight_decay: float) -> list[dict]:
     """Set ``requires_grad`` by the stage's multipliers (0 = frozen) and return optimizer
-    groups; biases and norms take no weight decay."""
+    groups; biases and norms take no weight decay. A frozen tower (``vision.freeze``) stays
+    frozen whatever ``vision``'s multiplier; its CNN branch follows ``branch``'s."""
     mults = stage_multipliers(stage)
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     vision_frozen = getattr(getattr(model, "vision", None), "frozen", False)

@@ -307,9 +307,9 @@ class _Ctx:
         return {"source": "synthetic", "scene_seed": self.scene.seed, "phrasing": self.phrasing, **extra}
 
 
-def _short_suffix(ctx: _Ctx) -> str | None:
-    """A short-answer instruction 30% of the time (then the answer is the bare word), else None."""
-    if ctx.rng.random() < 0.3:
+def _short_suffix(ctx: _Ctx, p: float = 0.3) -> str | None:
+    """A short-answer instruction with probability ``p`` (then the answer is the bare word), else None."""
+    if ctx.rng.random() < p:
         suffixes = T.SHORT_ANSWER_SUFFIXES
         return suffixes[int(ctx.rng.integers(len(suffixes)))]
     return None
@@ -387,10 +387,14 @@ def _relation_question(ctx: _Ctx) -> tuple[str, str, dict[str, Any]]:
     raise TaskNotApplicable("no pair of objects with a clear relation and unique descriptions")
 
 
-def build_vqa(ctx: _Ctx, *, vqa_type: str | None = None) -> Sample:
+def build_vqa(ctx: _Ctx, *, vqa_type: str | None = None, short_answers: float = 0.3) -> Sample:
+    """``short_answers``: the share of questions that ask for one word or phrase (whose answer
+    is then the bare word): a one-token-per-letter answer puts the whole LM loss on the value."""
+    if not 0.0 <= short_answers <= 1.0:
+        raise ValueError(f"vqa short_answers is a probability in [0, 1], got {short_answers}")
     kind = vqa_type or VQA_TYPES[int(ctx.rng.integers(len(VQA_TYPES)))]
     q, ans, fields = _vqa_question(ctx, kind)
-    short = _short_suffix(ctx)
+    short = _short_suffix(ctx, short_answers)
     if short:
         q, a = f"{q} {short}", ans
     elif kind == "relation":
@@ -729,7 +733,7 @@ def build_task(
     exclude_pairs: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
     **options: Any,
 ) -> Sample:
-    """One sample of ``task`` about ``scene``. Options: ``vqa_type``, ``pope_type``,
+    """One sample of ``task`` about ``scene``. Options: ``vqa_type``, ``short_answers`` (vqa), ``pope_type``,
     ``present``, ``mc_type``, ``turns`` (chat), ``region_kind``, ``op`` (edit).
     Raises :class:`TaskNotApplicable` when the scene cannot give that task."""
     if task not in _BUILDERS:
