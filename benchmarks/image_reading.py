@@ -15,6 +15,7 @@ against the vision tower's patch, and a curriculum that starts from large shapes
     python benchmarks/image_reading.py --question shape --branch copy   # kinds, with a CNN branch
                                                                         # started from tiny's grounding CNN
     python benchmarks/image_reading.py --model tiny --question shape    # score a saved model only
+    python benchmarks/image_reading.py --question shape --readout head  # no LLM: a head on its tokens
 """
 
 from __future__ import annotations
@@ -125,9 +126,17 @@ def main() -> None:
         "--answer", choices=["sentence", "word"], default="sentence", help="the world's, or the bare value"
     )
     p.add_argument("--model", help="only score this saved model (name or folder) on the held-out items")
+    p.add_argument(
+        "--readout",
+        choices=["llm", "head"],
+        default="llm",
+        help="train the LLM on the answers, or an attention-pooling linear head on the visual tokens",
+    )
     args = p.parse_args()
     if args.branch_only and args.branch == "none":
         p.error("--branch-only zeroes the ViT's features and needs a CNN branch: add --branch copy|scratch")
+    if args.model and args.readout == "head":
+        p.error("--model scores a saved model's LLM answers; --readout head trains a head on a fresh model")
     word = args.answer == "word"
 
     one = {"min_shapes": 1, "max_shapes": 1, "p_person": 0.0, "p_dog": 0.0, "p_word": 0.0}
@@ -150,8 +159,14 @@ def main() -> None:
         model.vision.cnn.requires_grad_(not args.freeze_branch)
         if args.branch_only:
             model.vision.model.register_forward_hook(zero_features)
+    values = VALUES[args.question]
+    head = Readout(model.projector.fc2.out_features, len(values)) if args.readout == "head" else None
     tower = {id(q) for q in model.vision.model.parameters()}
-    trained = [q for q in model.parameters() if q.requires_grad]
+    if head is None:
+        trained = [q for q in model.parameters() if q.requires_grad]
+    else:  # the visual path and the head; the LLM is not used
+        path = [*model.vision.parameters(), *model.projector.parameters()]
+        trained = [q for q in path if q.requires_grad] + list(head.parameters())
     groups = [
         {"params": [q for q in trained if id(q) not in tower]},
         {"params": [q for q in trained if id(q) in tower], "lr": args.lr * args.vision_lr_mult},
@@ -163,21 +178,58 @@ def main() -> None:
     print(
         f"{args.question} questions, shapes {world.min_px}-{world.max_px} px, patch "
         f"{model.vision.model.config.patch_size}{branch}, {args.big_first} big-shape steps, ViT rate "
-        f"x{args.vision_lr_mult}, {args.answer} answers"
+        f"x{args.vision_lr_mult}, " + (f"{args.answer} answers" if head is None else "a readout head, no LLM")
     )
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         config = big if step <= args.big_first else world
         seeds = range((step - 1) * args.batch, step * args.batch)
         samples = [question(s, config, args.question, word) for s in seeds]
-        loss = model(model.processor(samples), decoders=False).lm_loss
+        if head is None:
+            loss = model(model.processor(samples), decoders=False).lm_loss
+        else:
+            truths = torch.tensor([values.index(s.meta["answer"]) for s in samples])
+            loss = torch.nn.functional.cross_entropy(head(visual_tokens(model, samples)), truths)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            scores = report(*score(model, test, args.question))
+            if head is None:
+                scores = report(*score(model, test, args.question))
+            else:
+                scores = f"readout right {head_accuracy(model, head, test, values):.1f}%"
             print(f"  step {step}: {scores} ({time.perf_counter() - start:.0f} s)", flush=True)
             model.train()
+
+
+class Readout(torch.nn.Module):
+    """A learnt query pools the LLM's visual tokens (each RMS-normalised, as the LLM's first norm
+    does) and a linear layer names the value: what the same tokens give without an LLM."""
+
+    def __init__(self, dim: int, values: int):
+        super().__init__()
+        self.norm = torch.nn.RMSNorm(dim)
+        self.query = torch.nn.Parameter(torch.randn(dim) * 0.02)
+        self.out = torch.nn.Linear(dim, values)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (I, N, D) -> logits (I, values)."""
+        v = self.norm(tokens)
+        weights = torch.softmax(v @ self.query / v.shape[-1] ** 0.5, dim=1)
+        return self.out((weights.unsqueeze(-1) * v).sum(1))
+
+
+def visual_tokens(model, samples) -> torch.Tensor:
+    """The projected visual tokens the LLM gets for the samples' images, (I, N, D)."""
+    return model.projector(model.vision(model.processor(samples).pixel_values))
+
+
+def head_accuracy(model, head: Readout, test, values) -> float:
+    model.eval()
+    with torch.no_grad():
+        chosen = head(visual_tokens(model, test)).argmax(1)
+    truths = torch.tensor([values.index(s.meta["answer"]) for s in test])
+    return 100 * float((chosen == truths).float().mean())
 
 
 def report(own: float, other: float, right: float) -> str:

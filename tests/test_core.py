@@ -350,6 +350,12 @@ def test_cnn_branch_starts_as_the_tower_trains_and_copies_a_grounding_backbone(t
         adapted.vision.cnn_proj.weight.normal_()
         moved = adapted.vision(batch.pixel_values)
     assert not torch.allclose(moved, model.vision(batch.pixel_values))
+    adapted.vision.cnn_gain = 3.0  # vision.cnn_branch_gain: a fixed factor on the branch's map
+    with torch.no_grad():
+        tripled = adapted.vision(batch.pixel_values)
+    before = model.vision(batch.pixel_values)
+    assert torch.allclose(tripled - before, 3 * (moved - before), atol=1e-4)
+    adapted.vision.cnn_gain = 1.0
     adapted.save_pretrained(tmp_path / "b")
     loaded = VisionLLM2Model.from_pretrained(tmp_path / "b")
     assert loaded.config.vision.cnn_branch == [8, 16]

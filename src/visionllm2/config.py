@@ -53,6 +53,8 @@ class VisionConfig:
     hf_config: dict[str, Any] | None = None
     # A CNN beside the tower (VisionEncoder): its stage widths, strides 4, 8, ... down to patch_size.
     cnn_branch: list[int] | None = None
+    # A fixed factor on the branch's map: a trained tower's features can be ~30x the cells' size.
+    cnn_branch_gain: float = 1.0
 
 
 @dataclass
@@ -138,6 +140,8 @@ class ModelConfig:
                 f"vision.cnn_branch {v.cnn_branch} needs 2-4 widths whose last stride (4, 8, 16 or 32) is "
                 f"vision.patch_size ({v.patch_size}): one map cell per patch"
             )
+        if not v.cnn_branch_gain > 0:
+            raise ConfigError(f"vision.cnn_branch_gain must be > 0, got {v.cnn_branch_gain}")
         if v.type == "siglip" and v.drop_cls:
             raise ConfigError("SigLIP has no CLS token: set vision.drop_cls to false")
         if self.projector.type != "mlp2x_gelu":

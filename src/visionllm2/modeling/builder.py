@@ -69,6 +69,7 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
         drop_cls=cfg.drop_cls,
         freeze=cfg.freeze,
         cnn_branch=cfg.cnn_branch,
+        cnn_branch_gain=cfg.cnn_branch_gain,
     )
 
 

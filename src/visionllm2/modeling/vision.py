@@ -21,6 +21,8 @@ class VisionEncoder(nn.Module):
     stride-16 map says its kind (``benchmarks/README.md``, "What the vision tower says of a
     shape"), and the branch's layers carry its names, so ``model.copy`` can start them from it.
     ``freeze`` freezes the tower, not the branch (training gives it its own group, ``branch``).
+    ``cnn_branch_gain`` multiplies the map's output: beside a trained tower whose features are far
+    larger than the cells, a gain lets the map reach their size at the rate the rest trains at.
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class VisionEncoder(nn.Module):
         drop_cls: bool = True,
         freeze: bool = True,
         cnn_branch: list[int] | None = None,
+        cnn_branch_gain: float = 1.0,
     ):
         super().__init__()
         self.model = model
@@ -41,6 +44,7 @@ class VisionEncoder(nn.Module):
             self.model.requires_grad_(False)
             self.model.eval()
         self.cnn: nn.Module | None = None
+        self.cnn_gain = cnn_branch_gain
         if cnn_branch is not None:
             from visionllm2.decoders.grounding import SmallCNNBackbone
 
@@ -74,7 +78,9 @@ class VisionEncoder(nn.Module):
             out = self.model(pixel_values=pixels, output_hidden_states=True)
             feats = out.hidden_states[self.feature_layer]  # (I, N[+1], Dv)
         if self.cnn is not None:
-            cells = self.cnn_proj(self.cnn(pixels)[-1].flatten(2).transpose(1, 2))  # (I, N, Dv)
+            cells = self.cnn_gain * self.cnn_proj(
+                self.cnn(pixels)[-1].flatten(2).transpose(1, 2)
+            )  # (I, N, Dv)
             n = cells.shape[1]  # the patches are the last n tokens, after a CLS if any
             feats = torch.cat([feats[:, :-n], feats[:, -n:] + cells], dim=1)
         return feats[:, 1:] if self.drop_cls else feats
