@@ -55,6 +55,9 @@ class VisionConfig:
     cnn_branch: list[int] | None = None
     # A fixed factor on the branch's map: a trained tower's features can be ~30x the cells' size.
     cnn_branch_gain: float = 1.0
+    # The map starts at zero (a model gaining the branch computes what it did), or at a linear
+    # layer's usual random start (false): from zero, a trained LLM may never pull on it.
+    cnn_branch_zero_init: bool = True
 
 
 @dataclass

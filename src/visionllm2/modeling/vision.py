@@ -23,6 +23,7 @@ class VisionEncoder(nn.Module):
     ``freeze`` freezes the tower, not the branch (training gives it its own group, ``branch``).
     ``cnn_branch_gain`` multiplies the map's output: beside a trained tower whose features are far
     larger than the cells, a gain lets the map reach their size at the rate the rest trains at.
+    ``cnn_branch_zero_init=False`` starts the map at a linear layer's random init instead of zero.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class VisionEncoder(nn.Module):
         freeze: bool = True,
         cnn_branch: list[int] | None = None,
         cnn_branch_gain: float = 1.0,
+        cnn_branch_zero_init: bool = True,
     ):
         super().__init__()
         self.model = model
@@ -50,8 +52,9 @@ class VisionEncoder(nn.Module):
 
             self.cnn = SmallCNNBackbone(channels=cnn_branch)
             self.cnn_proj = nn.Linear(cnn_branch[-1], self.hidden_size)
-            nn.init.zeros_(self.cnn_proj.weight)
-            nn.init.zeros_(self.cnn_proj.bias)  # the branch trains beside a frozen tower too
+            if cnn_branch_zero_init:
+                nn.init.zeros_(self.cnn_proj.weight)
+                nn.init.zeros_(self.cnn_proj.bias)
 
     @property
     def hidden_size(self) -> int:
