@@ -367,7 +367,7 @@ def test_cnn_branch_starts_as_the_tower_trains_and_copies_a_grounding_backbone(t
         tiny.config.with_overrides({"vision.cnn_branch": [8, 16], "vision.cnn_branch_gain": 0.0})
     # cnn_branch_zero_init: false starts the map at a linear layer's random init
     randomly = make_tiny(**{"vision.cnn_branch": [8, 16], "vision.cnn_branch_zero_init": False}).eval()
-    assert float(randomly.vision.cnn_proj.weight.abs().sum()) > 0
+    assert float(randomly.vision.cnn_proj.weight.detach().abs().sum()) > 0
 
 
 def test_adapt_pretrained_copies_one_decoder_into_another(tmp_path):
