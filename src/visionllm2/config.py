@@ -53,7 +53,7 @@ class VisionConfig:
     hf_config: dict[str, Any] | None = None
     # A CNN beside the tower (VisionEncoder): its stage widths, strides 4, 8, ... down to patch_size.
     cnn_branch: list[int] | None = None
-    # A fixed factor on the branch's map: the shipped tower's features are ~26x its cells' size.
+    # A fixed factor on the branch's map (the shipped tower's features are ~26x the grounding CNN's cells).
     cnn_branch_gain: float = 1.0
     # The map starts at zero (a model gaining the branch computes what it did), or at a linear
     # layer's usual random start (false): from zero, a trained LLM may never pull on it.
