@@ -15,6 +15,8 @@ against the vision tower's patch, and a curriculum that starts from large shapes
     python benchmarks/image_reading.py --question shape --branch copy   # kinds, with a CNN branch
                                                                         # started from tiny's grounding CNN
     python benchmarks/image_reading.py --model tiny --question shape    # score a saved model only
+    python benchmarks/image_reading.py --init tiny --question shape --branch copy --branch-only
+                                                                        # train the shipped model
     python benchmarks/image_reading.py --question shape --readout head  # no LLM: a head on its tokens
 """
 
@@ -32,7 +34,7 @@ from visionllm2.data.processor import IGNORE_INDEX
 from visionllm2.data.sample import Turn
 from visionllm2.data.synthetic.tasks import TaskNotApplicable, build_task
 from visionllm2.data.synthetic.world import COLOURS, KINDS, WorldConfig, generate_scene, render
-from visionllm2.modeling.builder import build_model, from_pretrained
+from visionllm2.modeling.builder import adapt_pretrained, build_model, from_pretrained
 from visionllm2.training.config import load_model_config, load_train_config
 
 BIG = {"min_size": 0.3, "max_size": 0.45}
@@ -126,6 +128,7 @@ def main() -> None:
         "--answer", choices=["sentence", "word"], default="sentence", help="the world's, or the bare value"
     )
     p.add_argument("--model", help="only score this saved model (name or folder) on the held-out items")
+    p.add_argument("--init", help="train this saved model (name or folder) instead of a fresh --recipe one")
     p.add_argument(
         "--readout",
         choices=["llm", "head"],
@@ -133,6 +136,8 @@ def main() -> None:
         help="train the LLM on the answers, or an attention-pooling linear head on the visual tokens",
     )
     args = p.parse_args()
+    if args.init and args.patch is not None:
+        p.error("--patch changes the tower, which --init loads as saved: drop one of them")
     if args.branch_only and args.branch == "none":
         p.error("--branch-only zeroes the ViT's features and needs a CNN branch: add --branch copy|scratch")
     if args.model and args.readout == "head":
@@ -153,7 +158,12 @@ def main() -> None:
     if args.branch != "none":
         spec.overrides["vision.cnn_branch"] = BRANCH
     torch.manual_seed(0)
-    model = build_model(load_model_config(spec)).train()
+    if args.init:
+        branch = {"vision.cnn_branch": BRANCH} if args.branch != "none" else {}
+        new = ["vision.cnn", "vision.cnn_proj"] if branch else []
+        model = adapt_pretrained(args.init, overrides=branch, reinit=new).train()
+    else:
+        model = build_model(load_model_config(spec)).train()
     if args.branch != "none":
         start_branch(model, args.branch, args.branch_init)
         model.vision.cnn.requires_grad_(not args.freeze_branch)

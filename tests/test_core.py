@@ -370,6 +370,28 @@ def test_cnn_branch_starts_as_the_tower_trains_and_copies_a_grounding_backbone(t
     assert float(randomly.vision.cnn_proj.weight.detach().abs().sum()) > 0
 
 
+def test_cnn_branch_only_reads_the_cells_and_never_runs_the_tower(photos):
+    # vision.cnn_branch_only: the branch's cells alone are the visual tokens; the tower is not called,
+    # so a change to its weights changes nothing, while the branch's weights change the tokens.
+    model = make_tiny(**{"vision.cnn_branch": [8, 16], "vision.cnn_branch_only": True}).eval()
+    pixels = model.processor([chat_sample(photos[0])]).pixel_values
+    calls = []
+    model.vision.model.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model.vision.cnn_proj.weight.normal_()
+        before = model.vision(pixels)
+        assert before.shape == (1, model.vision.num_patches, model.vision.hidden_size)
+        cells = model.vision.cnn(pixels)[-1].flatten(2).transpose(1, 2)
+        assert torch.allclose(before, model.vision.cnn_proj(cells))
+        for p in model.vision.model.parameters():
+            p.add_(1.0)
+        assert torch.equal(model.vision(pixels), before) and not calls
+        model.vision.cnn.stages[0][0][0].weight.mul_(2.0)
+        assert not torch.allclose(model.vision(pixels), before)
+    with pytest.raises(ConfigError, match="cnn_branch_only needs a CNN branch"):
+        model.config.with_overrides({"vision.cnn_branch": None, "vision.cnn_branch_only": True})
+
+
 def test_adapt_pretrained_copies_one_decoder_into_another(tmp_path):
     torch.manual_seed(0)
     kw = {"pixel_size": 64, "backbone": {"type": "cnn", "channels": [8, 16, 24, 32]}, "hidden_dim": 32}

@@ -58,6 +58,8 @@ class VisionConfig:
     # The map starts at zero (a model gaining the branch computes what it did), or at a linear
     # layer's usual random start (false): from zero, a trained LLM may never pull on it.
     cnn_branch_zero_init: bool = True
+    # The branch's cells alone are the visual tokens: the tower is not run (its weights stay).
+    cnn_branch_only: bool = False
 
 
 @dataclass
@@ -142,6 +144,10 @@ class ModelConfig:
             raise ConfigError(
                 f"vision.cnn_branch {v.cnn_branch} needs 2-4 widths whose last stride (4, 8, 16 or 32) is "
                 f"vision.patch_size ({v.patch_size}): one map cell per patch"
+            )
+        if v.cnn_branch_only and v.cnn_branch is None:
+            raise ConfigError(
+                "vision.cnn_branch_only needs a CNN branch: set vision.cnn_branch (e.g. [32, 64, 96])"
             )
         if not v.cnn_branch_gain > 0:
             raise ConfigError(f"vision.cnn_branch_gain must be > 0, got {v.cnn_branch_gain}")

@@ -71,6 +71,7 @@ def build_vision(cfg: VisionConfig, *, load_weights: bool = True) -> VisionEncod
         cnn_branch=cfg.cnn_branch,
         cnn_branch_gain=cfg.cnn_branch_gain,
         cnn_branch_zero_init=cfg.cnn_branch_zero_init,
+        cnn_branch_only=cfg.cnn_branch_only,
     )
 
 

@@ -24,6 +24,9 @@ class VisionEncoder(nn.Module):
     ``cnn_branch_gain`` multiplies the map's output: beside a trained tower whose features are far
     larger than the cells, a gain lets the map reach their size at the rate the rest trains at.
     ``cnn_branch_zero_init=False`` starts the map at a linear layer's random init instead of zero.
+    ``cnn_branch_only`` makes the cells alone the features: the tower is not run. A fresh LLM
+    learns to name a kind from the cells alone and not beside a ViT (``benchmarks/README.md``,
+    "What stops it").
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class VisionEncoder(nn.Module):
         cnn_branch: list[int] | None = None,
         cnn_branch_gain: float = 1.0,
         cnn_branch_zero_init: bool = True,
+        cnn_branch_only: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -47,6 +51,9 @@ class VisionEncoder(nn.Module):
             self.model.eval()
         self.cnn: nn.Module | None = None
         self.cnn_gain = cnn_branch_gain
+        if cnn_branch_only and cnn_branch is None:
+            raise ValueError("cnn_branch_only needs a CNN branch (cnn_branch widths)")
+        self.branch_only = cnn_branch_only
         if cnn_branch is not None:
             from visionllm2.decoders.grounding import SmallCNNBackbone
 
@@ -77,13 +84,17 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (I, 3, H, W) -> features (I, N, Dv)."""
+        if self.branch_only:
+            return self._cells(pixels)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             out = self.model(pixel_values=pixels, output_hidden_states=True)
             feats = out.hidden_states[self.feature_layer]  # (I, N[+1], Dv)
         if self.cnn is not None:
-            cells = self.cnn_gain * self.cnn_proj(
-                self.cnn(pixels)[-1].flatten(2).transpose(1, 2)
-            )  # (I, N, Dv)
+            cells = self._cells(pixels)
             n = cells.shape[1]  # the patches are the last n tokens, after a CLS if any
             feats = torch.cat([feats[:, :-n], feats[:, -n:] + cells], dim=1)
         return feats[:, 1:] if self.drop_cls else feats
+
+    def _cells(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The branch's last map, one cell per patch, through its projection: (I, N, Dv)."""
+        return self.cnn_gain * self.cnn_proj(self.cnn(pixels)[-1].flatten(2).transpose(1, 2))
