@@ -82,12 +82,6 @@ def choice_accuracy(model, samples, kind: str) -> float:
     return 100 * float((losses.argmin(1) == truths).float().mean())
 
 
-def zero_features(module, inputs, out):
-    """Forward hook: the tower's hidden states all zero (its parameters then get no gradient)."""
-    out.hidden_states = tuple(torch.zeros_like(h) for h in out.hidden_states)
-    return out
-
-
 def start_branch(model, how: str, init: str) -> None:
     """Start the tower's CNN branch from tiny's grounding CNN (``copy``) or as built (``scratch``),
     and its projection at zero (as built) or at a plain linear layer's initialisation."""
@@ -122,7 +116,7 @@ def main() -> None:
         "--branch-init", choices=["zero", "default"], default="zero", help="the branch projection's start"
     )
     p.add_argument("--freeze-branch", action="store_true", help="train the branch's projection, not its CNN")
-    p.add_argument("--branch-only", action="store_true", help="zero the ViT's features: the branch alone")
+    p.add_argument("--branch-only", action="store_true", help="the cells alone, no ViT (cnn_branch_only)")
     p.add_argument("--vision-lr-mult", type=float, default=1.0, help="the ViT's rate as a multiple of --lr")
     p.add_argument(
         "--answer", choices=["sentence", "word"], default="sentence", help="the world's, or the bare value"
@@ -139,7 +133,7 @@ def main() -> None:
     if args.init and args.patch is not None:
         p.error("--patch changes the tower, which --init loads as saved: drop one of them")
     if args.branch_only and args.branch == "none":
-        p.error("--branch-only zeroes the ViT's features and needs a CNN branch: add --branch copy|scratch")
+        p.error("--branch-only keeps the cells alone and needs a CNN branch: add --branch copy|scratch")
     if args.model and args.readout == "head":
         p.error("--model scores a saved model's LLM answers; --readout head trains a head on a fresh model")
     word = args.answer == "word"
@@ -155,20 +149,19 @@ def main() -> None:
     spec = load_train_config(args.recipe).model
     if args.patch is not None:
         spec.overrides["vision.patch_size"] = args.patch
+    overrides = {}
     if args.branch != "none":
-        spec.overrides["vision.cnn_branch"] = BRANCH
+        overrides = {"vision.cnn_branch": BRANCH, "vision.cnn_branch_only": args.branch_only}
     torch.manual_seed(0)
     if args.init:
-        branch = {"vision.cnn_branch": BRANCH} if args.branch != "none" else {}
-        new = ["vision.cnn", "vision.cnn_proj"] if branch else []
-        model = adapt_pretrained(args.init, overrides=branch, reinit=new).train()
+        new = ["vision.cnn", "vision.cnn_proj"] if overrides else []
+        model = adapt_pretrained(args.init, overrides=overrides, reinit=new).train()
     else:
+        spec.overrides.update(overrides)
         model = build_model(load_model_config(spec)).train()
     if args.branch != "none":
         start_branch(model, args.branch, args.branch_init)
         model.vision.cnn.requires_grad_(not args.freeze_branch)
-        if args.branch_only:
-            model.vision.model.register_forward_hook(zero_features)
     values = VALUES[args.question]
     head = Readout(model.projector.fc2.out_features, len(values)) if args.readout == "head" else None
     tower = {id(q) for q in model.vision.model.parameters()}
@@ -184,7 +177,7 @@ def main() -> None:
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     test = [question(10**7 + i, world, args.question, word) for i in range(args.test)]
     branch = "" if args.branch == "none" else f", branch {args.branch} ({args.branch_init} projection)"
-    branch += ", ViT features zeroed" if args.branch_only else ""
+    branch += ", the cells alone" if args.branch_only else ""
     print(
         f"{args.question} questions, shapes {world.min_px}-{world.max_px} px, patch "
         f"{model.vision.model.config.patch_size}{branch}, {args.big_first} big-shape steps, ViT rate "

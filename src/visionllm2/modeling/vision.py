@@ -51,8 +51,6 @@ class VisionEncoder(nn.Module):
             self.model.eval()
         self.cnn: nn.Module | None = None
         self.cnn_gain = cnn_branch_gain
-        if cnn_branch_only and cnn_branch is None:
-            raise ValueError("cnn_branch_only needs a CNN branch (cnn_branch widths)")
         self.branch_only = cnn_branch_only
         if cnn_branch is not None:
             from visionllm2.decoders.grounding import SmallCNNBackbone
